@@ -1,0 +1,37 @@
+"""gpt2: OpenAI's GPT-2 in PyTorch, TensorFlow and JAX/Flax over one framework-free core.
+
+Public names are imported lazily: ``import gpt2`` imports numpy-level code only, never torch, tensorflow or jax.
+
+>>> from gpt2 import GPT2Config
+>>> GPT2Config.from_pretrained("gpt2").n_layer
+12
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "GPT2Config": "gpt2.common.config",
+    "load_checkpoint": "gpt2.common.checkpoint",
+    "save_checkpoint": "gpt2.common.checkpoint",
+    "CheckpointError": "gpt2.common.checkpoint",
+    "convert": "gpt2.convert",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpt2' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

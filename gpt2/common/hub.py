@@ -1,0 +1,112 @@
+"""Where a model's files are: a local folder, the local Hugging Face cache, or (optionally) a download.
+
+``resolve_file(name_or_path, filename)`` answers with a local path or None. The order is the one transformers users
+know: a local folder of that name wins; then a snapshot in the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or
+~/.cache/huggingface/hub, read offline); then, only when huggingface_hub is installed and neither HF_HUB_OFFLINE nor
+TRANSFORMERS_OFFLINE is set, a download into that cache. Environment variables are read at call time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_TRUTHY = {"1", "true", "yes", "on"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face hub cache folder, as huggingface_hub computes it."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def is_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def looks_like_repo_id(name: str) -> bool:
+    return bool(_REPO_ID.match(name)) and ".." not in name
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir=None) -> Path | None:
+    """The snapshot folder of ``repo_id`` at ``revision`` (a branch, tag or commit) in the cache, or None."""
+    if not looks_like_repo_id(repo_id):
+        return None
+    repo_dir = hub_cache_dir(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    revision = revision or "main"
+    if _COMMIT.match(revision):
+        commit = revision
+    else:
+        ref = repo_dir / "refs" / revision
+        if not ref.is_file():
+            return None
+        commit = ref.read_text().strip()
+    snapshot = repo_dir / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
+
+
+def _download(repo_id: str, filename: str, revision: str | None, cache_dir) -> Path | None:
+    try:
+        import huggingface_hub
+        from huggingface_hub.utils import EntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
+    except EntryNotFoundError:
+        return None
+    return Path(path)
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Path | None:
+    """The local path of ``filename`` for ``name_or_path``, or None when it is nowhere to be found.
+
+    A local folder named ``name_or_path`` is authoritative: a file missing there is missing, even if a repository of
+    the same name exists on the hub.
+    """
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        path = folder / filename
+        return path if path.is_file() else None
+    name = str(name_or_path)
+    snapshot = cached_snapshot(name, revision, cache_dir)
+    if snapshot is not None:
+        path = snapshot / filename
+        if path.is_file():
+            return path
+        if (snapshot.parent.parent / ".no_exist" / snapshot.name / filename).exists():
+            return None
+    if local_files_only or is_offline() or not looks_like_repo_id(name):
+        return None
+    return _download(name, filename, revision, cache_dir)
+
+
+def describe_lookup(name_or_path: str | os.PathLike, cache_dir=None) -> str:
+    """Where resolve_file looked, for error messages."""
+    if Path(name_or_path).is_dir():
+        return f"the folder {str(name_or_path)!r}"
+    where = f"no folder {str(name_or_path)!r}, the Hugging Face cache {str(hub_cache_dir(cache_dir))!r}"
+    if is_offline():
+        return where + " (offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        return where + " (no download: huggingface_hub is not installed; pip install 'gpt2[hub]')"
+    return where + " and the Hugging Face hub"
