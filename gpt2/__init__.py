@@ -19,7 +19,7 @@ _LAZY = {
     "load_checkpoint": "gpt2.common.checkpoint",
     "save_checkpoint": "gpt2.common.checkpoint",
     "CheckpointError": "gpt2.common.checkpoint",
-    "convert": "gpt2.convert",
+    "convert": "gpt2.common.convert",
 }
 
 __all__ = sorted(_LAZY)

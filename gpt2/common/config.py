@@ -316,9 +316,10 @@ class GPT2Config:
         path = hub.resolve_file(name, CONFIG_NAME, revision=revision, cache_dir=cache_dir, local_files_only=True)
         if path is not None:
             return cls.from_json_file(path, **overrides)
-        if Path(name).is_dir() and (Path(name) / "hparams.json").is_file():
-            return cls.from_openai_hparams(Path(name) / "hparams.json", **overrides)
-        if not Path(name).is_dir() and str(name) in PRESETS:
+        folder = hub.local_folder(name)
+        if folder is not None and (folder / "hparams.json").is_file():
+            return cls.from_openai_hparams(folder / "hparams.json", **overrides)
+        if folder is None and str(name) in PRESETS:
             return cls.from_dict(copy.deepcopy(PRESETS[str(name)]), **overrides)
         if not local_files_only:
             path = hub.resolve_file(name, CONFIG_NAME, revision=revision, cache_dir=cache_dir)

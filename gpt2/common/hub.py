@@ -17,6 +17,23 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
+# Files that make a folder a model folder. A folder without any of them (say, a source tree named "gpt2" in the
+# working directory) does not shadow the model name.
+MODEL_FILES = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack", "hparams.json", "checkpoint",
+    "vocab.json", "tokenizer_config.json",
+)
+
+
+def local_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """``name_or_path`` as a local model folder, or None when it is not a folder holding model files."""
+    folder = Path(name_or_path)
+    if folder.is_dir() and (any((folder / f).is_file() for f in MODEL_FILES) or any(folder.glob("*.index"))):
+        return folder
+    return None
+
+
 def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The Hugging Face hub cache folder, as huggingface_hub computes it."""
     if cache_dir is not None:
@@ -81,8 +98,8 @@ def resolve_file(
     A local folder named ``name_or_path`` is authoritative: a file missing there is missing, even if a repository of
     the same name exists on the hub.
     """
-    folder = Path(name_or_path)
-    if folder.is_dir():
+    folder = local_folder(name_or_path)
+    if folder is not None:
         path = folder / filename
         return path if path.is_file() else None
     name = str(name_or_path)
@@ -100,9 +117,11 @@ def resolve_file(
 
 def describe_lookup(name_or_path: str | os.PathLike, cache_dir=None) -> str:
     """Where resolve_file looked, for error messages."""
-    if Path(name_or_path).is_dir():
+    if local_folder(name_or_path) is not None:
         return f"the folder {str(name_or_path)!r}"
-    where = f"no folder {str(name_or_path)!r}, the Hugging Face cache {str(hub_cache_dir(cache_dir))!r}"
+    where = f"no model folder {str(name_or_path)!r}, the Hugging Face cache {str(hub_cache_dir(cache_dir))!r}"
+    if not looks_like_repo_id(str(name_or_path)):
+        return where
     if is_offline():
         return where + " (offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
     try:

@@ -1,0 +1,87 @@
+"""The ``gpt2`` command: ``gpt2 convert SRC DST --to FORMAT``, ``gpt2 demo``.
+
+Exit code 0 on success; on failure one line ``gpt2: error: ...`` on stderr and a non-zero code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+_BIG = 50 * 2**20  # show a progress bar from this many bytes on
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, drawn only for big files and only on a terminal."""
+
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.phase = None
+        self.last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if total < _BIG or not self.stream.isatty():
+            return
+        now = time.monotonic()
+        if phase == self.phase and done < total and now - self.last < 0.1:
+            return
+        self.phase, self.last = phase, now
+        frac = min(done / total, 1.0) if total else 1.0
+        bar = "#" * int(frac * self.width)
+        end = "\n" if done >= total else ""
+        self.stream.write(f"\r{phase:<28} [{bar:<{self.width}}] {done / 2**20:8.1f}/{total / 2**20:.1f} MiB{end}")
+        self.stream.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .common.checkpoint import WRITABLE_FORMATS
+
+    parser = argparse.ArgumentParser(prog="gpt2", description="GPT-2 in PyTorch, TensorFlow and JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    conv = sub.add_parser(
+        "convert",
+        help="convert a checkpoint between formats",
+        description="Read a checkpoint in any supported format (model.safetensors, pytorch_model.bin, tf_model.h5, "
+        "flax_model.msgpack, OpenAI's model.ckpt) from a folder, a file or a hub name, and write an HF-layout folder "
+        "(config.json, the weights, the vocabulary when known) that transformers loads.",
+    )
+    conv.add_argument("src", help="folder, weights file, or model name (local Hugging Face cache first)")
+    conv.add_argument("dst", help="output folder (created if needed)")
+    conv.add_argument("--to", required=True, choices=WRITABLE_FORMATS, help="format to write")
+    conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch output, e.g. 2GB")
+    conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    conv.add_argument("--local-files-only", action="store_true", help="never download")
+    sub.add_parser("demo", help="a short tour: build a tiny model's checkpoint and convert it through every format")
+    return parser
+
+
+def _convert(args) -> int:
+    from .common.convert import convert
+
+    start = time.perf_counter()
+    written = convert(args.src, args.dst, to=args.to, max_shard_size=args.max_shard_size, revision=args.revision,
+                      local_files_only=args.local_files_only, progress=ProgressBar())
+    elapsed = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in written)
+    print(f"wrote {len(written)} files ({size / 2**20:.1f} MiB) to {args.dst} in {elapsed:.2f}s:")
+    for path in written:
+        print(f"  {path.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "convert":
+            return _convert(args)
+        from .demo import run_demo
+
+        return run_demo()
+    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
+        print(f"gpt2: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gpt2: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,349 @@
+"""Checkpoints: one canonical in-memory form, and every file format to and from it.
+
+The canonical form is a dict of named numpy arrays with transformers' PyTorch names and layouts: the trunk under
+``transformer.`` (``transformer.h.0.attn.c_attn.weight``, Conv1D weights as [in, out]), heads at the top level
+(``lm_head.weight`` only when untied, ``score.weight``, ``classifier.*``, ``qa_outputs.*``,
+``multiple_choice_head.summary.*``). Each format module in ``gpt2.common.formats`` says, tensor by tensor, which name
+and which layout op it uses (``key_of``); this module does the rest once for all of them: detection, reading,
+renaming, layout ops, validation against the config, writing.
+
+>>> from gpt2.common.checkpoint import load_checkpoint, save_checkpoint
+>>> state, config = load_checkpoint("some-folder")                   # any format
+>>> save_checkpoint(state, "out", config, format="tf")                 # tf_model.h5 that transformers' TF loads
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from . import hub
+from .config import GPT2Config
+
+# The heads, by the name of their first tensor, with the transformers class that owns them.
+HEAD_CLASSES = {
+    "lm_head": "GPT2LMHeadModel",
+    "multiple_choice_head": "GPT2DoubleHeadsModel",
+    "score": "GPT2ForSequenceClassification",
+    "classifier": "GPT2ForTokenClassification",
+    "qa_outputs": "GPT2ForQuestionAnswering",
+}
+
+# Buffers that old transformers versions saved with the weights (the causal mask and its fill value). They carry no
+# learned values: dropped on read.
+_BUFFER = re.compile(r"(^|\.)h\.\d+\.(attn|crossattention)\.(bias|masked_bias)$")
+_FLOAT_KINDS = ("f", "V")  # 'V': ml_dtypes.bfloat16 reports kind 'V'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, incomplete, or not matching its config. Names file and tensor."""
+
+
+# -- the canonical names ---------------------------------------------------------------------------------------------
+def trunk_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Canonical names and shapes of the trunk (GPT2Model) for ``config``."""
+    C, I = config.n_embd, config.inner_dim
+    shapes = {"transformer.wte.weight": (config.vocab_size, C), "transformer.wpe.weight": (config.n_positions, C)}
+    for i in range(config.n_layer):
+        p = f"transformer.h.{i}."
+        layer = {"ln_1": None, "attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "ln_2": None,
+                 "mlp.c_fc": (C, I), "mlp.c_proj": (I, C)}
+        if config.add_cross_attention:
+            layer.update({"crossattention.c_attn": (C, 2 * C), "crossattention.q_attn": (C, C),
+                          "crossattention.c_proj": (C, C), "ln_cross_attn": None})
+        for name, w in layer.items():
+            shapes[p + name + ".weight"] = w if w is not None else (C,)  # None: a LayerNorm
+            shapes[p + name + ".bias"] = (w[1],) if w is not None else (C,)
+    shapes["transformer.ln_f.weight"] = shapes["transformer.ln_f.bias"] = (C,)
+    return shapes
+
+
+def head_shapes(config: GPT2Config) -> dict[str, dict[str, tuple[int, ...]]]:
+    """For each head, its canonical names and shapes under ``config``."""
+    C, L = config.n_embd, config.num_labels
+    summary = L if (config.summary_proj_to_labels and L > 0) else C
+    return {
+        "lm_head": {"lm_head.weight": (config.vocab_size, C)},
+        "multiple_choice_head": (
+            {"multiple_choice_head.summary.weight": (summary, C), "multiple_choice_head.summary.bias": (summary,)}
+            if config.summary_use_proj else {}
+        ),
+        "score": {"score.weight": (L, C)},
+        "classifier": {"classifier.weight": (L, C), "classifier.bias": (L,)},
+        "qa_outputs": {"qa_outputs.weight": (2, C), "qa_outputs.bias": (2,)},
+    }
+
+
+def all_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every canonical name a checkpoint for ``config`` may hold, with its shape."""
+    shapes = trunk_shapes(config)
+    for head in head_shapes(config).values():
+        shapes.update(head)
+    return shapes
+
+
+def heads_of(state: dict[str, np.ndarray]) -> list[str]:
+    """The heads present in a canonical state (``lm_head`` only when untied)."""
+    return [h for h in HEAD_CLASSES if any(k.split(".")[0] == h for k in state)]
+
+
+def architecture_of(state: dict[str, np.ndarray], config: GPT2Config) -> str:
+    """The transformers class name that this state is the weights of (tied LM heads leave no tensor)."""
+    for head in heads_of(state):
+        if head != "lm_head":
+            return HEAD_CLASSES[head]
+    if "lm_head.weight" in state or (config.architectures or [""])[0] != "GPT2Model":
+        return "GPT2LMHeadModel"
+    return "GPT2Model"
+
+
+# -- layout ops ------------------------------------------------------------------------------------------------------
+# op name -> (canonical -> format, format -> canonical). The tables in conversion/ list which tensor uses which.
+LAYOUT_OPS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "copy": (lambda a: a, lambda a: a),
+    "transpose": (lambda a: np.ascontiguousarray(a.T), lambda a: np.ascontiguousarray(a.T)),  # [out, in] <-> [in, out]
+    "bias_row": (lambda a: a.reshape(1, -1), lambda a: a.reshape(-1)),  # Keras Conv1D bias: [1, n]
+    "openai_conv": (lambda a: a[None], lambda a: a.reshape(a.shape[1:]) if a.ndim == 3 and a.shape[0] == 1 else a),
+}
+LAYOUT_DOC = {
+    "copy": "same array",
+    "transpose": "2-D transpose ([out, in] <-> [in, out])",
+    "bias_row": "[n] <-> [1, n]",
+    "openai_conv": "[in, out] <-> [1, in, out]",
+}
+
+
+def to_format(state: dict[str, np.ndarray], key_of, where: str) -> dict[str, np.ndarray]:
+    """Canonical -> a format's names and layouts, by its ``key_of``. Refuses a tensor the format cannot hold."""
+    out = {}
+    for name, array in state.items():
+        mapped = key_of(name)
+        if mapped is None:
+            raise CheckpointError(f"{where}: this format has no place for the tensor {name!r}")
+        key, op = mapped
+        out[key] = LAYOUT_OPS[op][0](array)
+    return out
+
+
+def from_format(raw: Iterable[tuple[str, np.ndarray]], key_of, config: GPT2Config, where: str,
+                aliases: Callable[[str], Iterable[str]] = lambda k: (k,),
+                progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """A format's (name, array) pairs -> canonical, by its ``key_of`` inverted over every name ``config`` allows.
+
+    ``raw`` may be a lazy reader: ``progress(nbytes)`` is called as each tensor arrives. ``aliases(key)`` gives the
+    spellings a reader accepts for a key (older writers' names, a missing prefix).
+    """
+    inverse = {}
+    for name in all_shapes(config):
+        mapped = key_of(name)
+        if mapped is not None:
+            inverse[mapped[0]] = (name, mapped[1])
+    state, unexpected = {}, []
+    for key, array in raw:
+        if progress is not None:
+            progress(array.nbytes)
+        hit = next((inverse[a] for a in aliases(key) if a in inverse), None)
+        if hit is None:
+            if not _BUFFER.search(key):
+                unexpected.append(key)
+            continue
+        name, op = hit
+        state[name] = LAYOUT_OPS[op][1](array)
+    if unexpected:
+        shown = ", ".join(repr(k) for k in sorted(unexpected)[:8])
+        more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
+        raise CheckpointError(
+            f"{where}: tensors that a GPT-2 with this config does not have: {shown}{more} "
+            f"(n_layer={config.n_layer}, add_cross_attention={config.add_cross_attention})"
+        )
+    return state
+
+
+# -- validation ------------------------------------------------------------------------------------------------------
+def validate(state: dict[str, np.ndarray], config: GPT2Config, where: str) -> dict[str, np.ndarray]:
+    """Check names, shapes, dtypes and finiteness against ``config``; drop a tied lm_head. Returns the state.
+
+    Every problem is a CheckpointError naming ``where`` and the tensor.
+    """
+    expected = trunk_shapes(config)
+    heads = head_shapes(config)
+    missing = [n for n in expected if n not in state]
+    for head in heads_of(state):
+        expected.update(heads[head])
+        missing += [n for n in heads[head] if n not in state]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise CheckpointError(f"{where}: missing tensors {shown}")
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{where}: unexpected tensors {', '.join(map(repr, unknown[:8]))}")
+    for name, array in state.items():
+        if not isinstance(array, np.ndarray):
+            raise CheckpointError(f"{where}: tensor {name!r} is a {type(array).__name__}, not a numpy array")
+        if tuple(array.shape) != tuple(expected[name]):
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(array.shape)}, the config wants {tuple(expected[name])} "
+                f"(vocab_size={config.vocab_size}, n_positions={config.n_positions}, n_embd={config.n_embd}, "
+                f"n_inner={config.n_inner}, num_labels={config.num_labels})"
+            )
+        if array.dtype.kind not in _FLOAT_KINDS or array.dtype.itemsize not in (2, 4, 8):
+            raise CheckpointError(f"{where}: tensor {name!r} has dtype {array.dtype}, expected a float type")
+        if not np.isfinite(array).all():
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise CheckpointError(f"{where}: tensor {name!r} has {bad} non-finite values (NaN or inf)")
+    if "lm_head.weight" in state and config.tie_word_embeddings:
+        if not np.array_equal(state["lm_head.weight"], state["transformer.wte.weight"]):
+            warnings.warn(
+                f"{where}: lm_head.weight differs from transformer.wte.weight but the config ties them "
+                f"(tie_word_embeddings=True); the model uses wte, as transformers does", stacklevel=3,
+            )
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    return state
+
+
+# -- formats ---------------------------------------------------------------------------------------------------------
+def _formats():
+    from .formats import flax_msgpack, keras_h5, openai_tf, safetensors_format, torch_bin
+
+    # Order = preference when a folder holds several.
+    return {
+        "safetensors": safetensors_format,
+        "pytorch": torch_bin,
+        "tf": keras_h5,
+        "flax": flax_msgpack,
+        "openai": openai_tf,
+    }
+
+
+FORMAT_NAMES = ("safetensors", "pytorch", "tf", "flax", "openai")
+WRITABLE_FORMATS = ("safetensors", "pytorch", "tf", "flax")
+
+
+def format_module(fmt: str):
+    formats = _formats()
+    if fmt not in formats:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(formats)}")
+    return formats[fmt]
+
+
+def detect_format(folder: str | os.PathLike) -> tuple[str, Path]:
+    """(format, main file) of the checkpoint in a local folder, in preference order; FileNotFoundError when none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {str(folder)!r}")
+    for fmt, module in _formats().items():
+        found = module.find(folder)
+        if found is not None:
+            return fmt, found
+    raise FileNotFoundError(
+        f"no checkpoint in {str(folder)!r}: expected one of "
+        "model.safetensors[.index.json], pytorch_model.bin[.index.json], tf_model.h5, flax_model.msgpack, "
+        "or an OpenAI model.ckpt.index"
+    )
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike, *, revision=None, cache_dir=None, local_files_only=False
+) -> tuple[str, Path]:
+    """(format, local main file) for a folder, a weights file, or a hub name (local HF cache first)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        for fmt, module in _formats().items():
+            if module.find(path.parent) == path or path.name in module.FILENAMES:
+                return fmt, path
+        raise ValueError(f"{str(path)!r}: not a checkpoint file name this package knows")
+    if hub.local_folder(path) is not None:
+        return detect_format(path)
+    for allow_download in ((False, True) if not local_files_only else (False,)):
+        for fmt, module in _formats().items():
+            for filename in module.FILENAMES:
+                found = hub.resolve_file(name_or_path, filename, revision=revision, cache_dir=cache_dir,
+                                         local_files_only=not allow_download)
+                if found is not None:
+                    if found.name.endswith(".index.json"):
+                        _fetch_shards(name_or_path, found, revision, cache_dir, local_files_only or not allow_download)
+                    return fmt, found
+    raise FileNotFoundError(f"no checkpoint for {str(name_or_path)!r}: looked in {hub.describe_lookup(name_or_path)}")
+
+
+def _fetch_shards(name, index: Path, revision, cache_dir, local_files_only: bool) -> None:
+    """Make sure every shard listed by a hub checkpoint's index is in the local cache (downloading if allowed)."""
+    from .formats.pt_layout import shard_files
+
+    for shard in sorted(set(shard_files(index).values())):
+        if hub.resolve_file(name, shard, revision=revision, cache_dir=cache_dir,
+                            local_files_only=local_files_only) is None:
+            raise FileNotFoundError(f"{index}: shard {shard!r} is not available ({hub.describe_lookup(name)})")
+
+
+def load_checkpoint(
+    name_or_path: str | os.PathLike,
+    config: GPT2Config | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], GPT2Config]:
+    """Read any supported checkpoint into the canonical form; returns (state, config).
+
+    ``config`` defaults to the config.json beside the weights (hparams.json for OpenAI's format). Everything is read
+    and validated before anything is returned: nothing is ever half-loaded. ``progress(nbytes)`` is called as
+    tensors are read.
+    """
+    fmt, main = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only)
+    if config is None:
+        local = fmt == "openai" or Path(name_or_path).exists() or (main.parent / "config.json").is_file()
+        config = GPT2Config.from_pretrained(main.parent if local else name_or_path, revision=revision,
+                                            cache_dir=cache_dir, local_files_only=local_files_only)
+    state = format_module(fmt).read(main, config, progress)
+    return validate(state, config, str(main)), config
+
+
+def save_checkpoint(
+    state: dict[str, np.ndarray],
+    save_directory: str | os.PathLike,
+    config: GPT2Config,
+    *,
+    format: str = "safetensors",
+    max_shard_size: int | str | None = None,
+    write_config: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Write a canonical state (and config.json) to a folder in ``format``; returns the files written.
+
+    The state is validated first; every file is written atomically. ``max_shard_size`` (bytes or "5GB") shards the
+    safetensors and pytorch formats as transformers does.
+    """
+    if format not in WRITABLE_FORMATS:
+        raise ValueError(f"cannot write format {format!r}; expected one of {', '.join(WRITABLE_FORMATS)}")
+    save_directory = Path(save_directory)
+    if save_directory.is_file():
+        raise ValueError(f"{str(save_directory)!r} is a file, expected a folder")
+    state = validate(dict(state), config, "state to save")
+    save_directory.mkdir(parents=True, exist_ok=True)
+    module = format_module(format)
+    written = module.write(state, save_directory, config, max_shard_size=max_shard_size, progress=progress)
+    if write_config:
+        config = config.copy()
+        config.architectures = [architecture_of(state, config)]
+        config.save_pretrained(save_directory)
+        written.append(save_directory / "config.json")
+    return written
+
+
+def parse_size(size: int | str | None) -> int | None:
+    """"5GB" / "500MB" / "10KiB" / 1000 -> bytes (decimal units as transformers, binary with 'i')."""
+    if size is None or isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"max_shard_size: cannot read {size!r}; write e.g. 5GB, 500MB or a number of bytes")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index(m.group(2).upper() or " "))

@@ -1,0 +1,96 @@
+"""Convert a checkpoint between formats: read whatever a source holds, write an HF-layout folder.
+
+>>> from gpt2 import convert
+>>> convert("openai/124M", "gpt2-tf", to="tf")    # OpenAI's TF checkpoint -> tf_model.h5 + config + vocabulary
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from . import files, hub
+from .checkpoint import WRITABLE_FORMATS, load_checkpoint, resolve_checkpoint, save_checkpoint
+
+# Files copied beside the weights when the source has them (the tokenizer and generation settings).
+SIDE_FILES = (
+    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "generation_config.json",
+)
+# OpenAI's names for the same vocabulary files: encoder.json is vocab.json, vocab.bpe is merges.txt.
+OPENAI_VOCAB = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str = "safetensors",
+    *,
+    max_shard_size: int | str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Path]:
+    """Read the checkpoint at ``src`` (any format) and write ``dst`` in format ``to``; returns the files written.
+
+    ``to`` is one of safetensors, pytorch, tf, flax. ``dst`` gets config.json, the weights, and the vocabulary and
+    generation files when the source has them. ``progress(phase, done_bytes, total_bytes)`` follows the work.
+    """
+    if to not in WRITABLE_FORMATS:
+        raise ValueError(f"--to must be one of {', '.join(WRITABLE_FORMATS)}, got {to!r}")
+    fmt, main = resolve_checkpoint(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"destination {str(dst)!r} exists and is not a folder")
+
+    def ticker(phase: str, total: int):
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            progress(phase, done, total)
+
+        return tick if progress is not None else None
+
+    size = _checkpoint_bytes(main)
+    state, config = load_checkpoint(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                    progress=ticker(f"reading {main.name}", size))
+    total = sum(a.nbytes for a in state.values())
+    written = save_checkpoint(state, dst, config, format=to, max_shard_size=max_shard_size,
+                              progress=ticker(f"writing {to}", total))
+    written += _copy_side_files(src, main, fmt, dst, revision, cache_dir, local_files_only)
+    return written
+
+
+def _checkpoint_bytes(main: Path) -> int:
+    if main.name.endswith(".index.json"):
+        return sum(p.stat().st_size for p in main.parent.iterdir() if p.is_file() and p != main)
+    if main.name.endswith(".index"):  # OpenAI: the data files beside the index
+        return sum(p.stat().st_size for p in main.parent.glob(main.name[: -len(".index")] + ".data-*"))
+    return main.stat().st_size
+
+
+def _copy_side_files(src, main: Path, fmt: str, dst: Path, revision, cache_dir, local_files_only) -> list[Path]:
+    wanted = {name: name for name in SIDE_FILES}
+    if fmt == "openai":  # its vocabulary comes under OpenAI's names
+        wanted = {**{n: n for n in SIDE_FILES if n not in OPENAI_VOCAB.values()}, **OPENAI_VOCAB}
+    local = Path(src).exists()
+    written = []
+    for source_name, dest_name in wanted.items():
+        if local or fmt == "openai":
+            path = main.parent / source_name
+            path = path if path.is_file() else None
+        else:
+            path = hub.resolve_file(src, source_name, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only)
+        target = dst / dest_name
+        if path is None or (target.exists() and path.resolve() == target.resolve()):
+            continue
+        with files.atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+        written.append(target)
+    return written

@@ -1,0 +1,145 @@
+"""tf_model.h5: transformers' TensorFlow (Keras 2) weights file, read and written with h5py, no TensorFlow.
+
+Layout (as tf-keras' ``save_weights`` writes it for transformers' TF GPT-2): the root attribute ``layer_names``
+lists the model's top layers (``transformer`` and the head, e.g. ``score``); each layer group has a
+``weight_names`` attribute (split into ``weight_names0``, ``weight_names1``... past HDF5's 64 KiB attribute limit)
+whose entries are ``<model name>/<layer>/.../<weight>:0``, and the dataset at ``<layer>/<weight name>``.
+transformers matches weights by name with the model name (first component) stripped, so ``key_of`` uses that form:
+``transformer/h_._0/attn/c_attn/weight:0``. Conv1D weights are already [in, out]; their biases are [1, out];
+LayerNorms are gamma/beta; Dense heads store kernels [in, out] (torch Linear's transpose). transformers' TF GPT-2
+always ties lm_head to wte, so an untied lm_head has no place here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .. import files
+from ..checkpoint import CheckpointError, architecture_of, from_format, to_format
+
+FORMAT = "tf"
+FILENAMES = ("tf_model.h5",)
+_LAYER_NORMS = ("ln_1", "ln_2", "ln_cross_attn", "ln_f")
+_DENSE_HEADS = ("score", "classifier", "qa_outputs", "multiple_choice_head")
+_ATTR_LIMIT = 64512  # HDF5 object header limit that Keras splits attributes at
+# transformers' TF class names, lower-cased as Keras names the model (the first component of every weight name).
+_MODEL_NAMES = {
+    "GPT2Model": "tfgpt2_model",
+    "GPT2LMHeadModel": "tfgpt2lm_head_model",
+    "GPT2DoubleHeadsModel": "tfgpt2_double_heads_model",
+    "GPT2ForSequenceClassification": "tfgpt2_for_sequence_classification",
+    "GPT2ForTokenClassification": "tfgpt2_for_token_classification",
+    "GPT2ForQuestionAnswering": "tfgpt2_for_question_answering",
+}
+
+
+def find(folder: Path) -> Path | None:
+    path = folder / FILENAMES[0]
+    return path if path.is_file() else None
+
+
+def key_of(name: str) -> tuple[str, str] | None:
+    parts = name.split(".")
+    leaf = parts[-1]
+    if parts[0] == "lm_head":
+        return None
+    if parts[0] in _DENSE_HEADS:
+        return "/".join(parts[:-1]) + ("/kernel:0" if leaf == "weight" else "/bias:0"), (
+            "transpose" if leaf == "weight" else "copy")
+    if parts[1] in ("wte", "wpe"):
+        return f"transformer/{parts[1]}/embeddings:0", "copy"
+    path = re.sub(r"^transformer/h/(\d+)", r"transformer/h_._\1", "/".join(parts[:-1]))
+    if parts[-2] in _LAYER_NORMS:
+        return f"{path}/{'gamma' if leaf == 'weight' else 'beta'}:0", "copy"
+    return f"{path}/{leaf}:0", ("copy" if leaf == "weight" else "bias_row")
+
+
+def _aliases(key: str):
+    yield key
+    if key.endswith("/weight:0") and key.count("/") == 2:  # TFSharedEmbeddings in older files: wte/weight:0
+        yield key[: -len("weight:0")] + "embeddings:0"
+
+
+def _attr_list(group, name: str, path: Path) -> list[str]:
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    else:
+        values, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            values += list(group.attrs[f"{name}{i}"])
+            i += 1
+        if i == 0:
+            raise CheckpointError(f"{path}: not a Keras weights file (no {name!r} attribute on {group.name!r})")
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _set_attr_list(group, name: str, values: list[str]) -> None:
+    data = np.array([v.encode("utf-8") for v in values])
+    if data.nbytes <= _ATTR_LIMIT:
+        group.attrs[name] = data
+        return
+    chunks = int(np.ceil(data.nbytes / _ATTR_LIMIT)) + 1
+    for i, part in enumerate(np.array_split(data, chunks)):
+        group.attrs[f"{name}{i}"] = part
+
+
+def read_raw(path: Path):
+    """Every weight, keyed by its name without the model-name component, lazily."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {str(path)!r}")
+    try:
+        with h5py.File(path, "r") as f:
+            for layer in _attr_list(f, "layer_names", path):
+                if layer not in f:
+                    raise CheckpointError(f"{path}: layer {layer!r} is listed but has no group")
+                for weight in _attr_list(f[layer], "weight_names", path):
+                    if weight not in f[layer]:
+                        raise CheckpointError(f"{path}: weight {weight!r} is listed but absent")
+                    key = "/".join(weight.split("/")[1:])
+                    yield key, np.asarray(f[layer][weight])
+    except CheckpointError:
+        raise
+    except Exception as e:  # h5py reports damaged files as OSError, KeyError, RuntimeError, UnicodeDecodeError...
+        raise CheckpointError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
+
+
+def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
+    return from_format(read_raw(main), key_of, config, str(main), _aliases, progress)
+
+
+def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
+    import h5py
+
+    if max_shard_size is not None:
+        raise ValueError("tf_model.h5 is written as one file; max_shard_size applies to safetensors and pytorch")
+    if "lm_head.weight" in state:
+        raise CheckpointError(
+            "tf_model.h5 cannot hold an untied lm_head.weight: transformers' TF GPT-2 always ties it to wte "
+            "(convert to safetensors or flax, or tie the weights)"
+        )
+    model_name = _MODEL_NAMES[architecture_of(state, config)]
+    path = folder / FILENAMES[0]
+    layers: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for key, array in to_format(state, key_of, str(path)).items():
+        if array.dtype.name == "bfloat16":  # HDF5 has no bfloat16; float32 holds it exactly
+            array = array.astype(np.float32)
+        layers.setdefault(key.split("/")[0], []).append((f"{model_name}/{key}", array))
+    with files.atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _set_attr_list(f, "layer_names", list(layers))
+            f.attrs["backend"] = b"tensorflow"
+            f.attrs["keras_version"] = b"2.21.0"
+            for layer, weights in layers.items():
+                group = f.create_group(layer)
+                _set_attr_list(group, "weight_names", [w for w, _ in weights])
+                for weight, array in weights:
+                    group.create_dataset(weight, data=array)
+                    if progress is not None:
+                        progress(array.nbytes)
+            f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
+    return [path]
