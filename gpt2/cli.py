@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("src", help="folder, weights file, or model name (local Hugging Face cache first)")
     conv.add_argument("dst", help="output folder (created if needed)")
     conv.add_argument("--to", required=True, choices=WRITABLE_FORMATS, help="format to write")
+    conv.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                      help="cast the weights (default: keep the stored dtype)")
     conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch output, e.g. 2GB")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.add_argument("--local-files-only", action="store_true", help="never download")
@@ -61,7 +63,7 @@ def _convert(args) -> int:
     from .common.convert import convert
 
     start = time.perf_counter()
-    written = convert(args.src, args.dst, to=args.to, max_shard_size=args.max_shard_size, revision=args.revision,
+    written = convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size, revision=args.revision,
                       local_files_only=args.local_files_only, progress=ProgressBar())
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in written)

@@ -36,6 +36,19 @@ def test_convert_subprocess(tmp_path):
     assert all(np.array_equal(back[k], state[k]) for k in state)
 
 
+def test_convert_dtype_and_shards(tmp_path, capsys):
+    config = GPT2Config(**TINY)
+    state = random_state(config)
+    save_checkpoint(state, tmp_path / "src", config)
+    assert main(["convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--to", "safetensors", "--dtype",
+                 "bfloat16", "--max-shard-size", "1KB"]) == 0
+    assert "model.safetensors.index.json" in capsys.readouterr().out
+    back, config2 = load_checkpoint(tmp_path / "dst")
+    assert config2.dtype == "bfloat16" and all(v.dtype.name == "bfloat16" for v in back.values())
+    assert all(np.array_equal(back[k].astype(np.float32), state[k].astype("bfloat16").astype(np.float32))
+               for k in state)
+
+
 @pytest.mark.parametrize("args, message", [
     (["convert", "/no/such/folder", "out", "--to", "tf"], "no checkpoint"),
     (["convert", ".", "out", "--to", "onnx"], "invalid choice"),

@@ -14,6 +14,7 @@ renaming, layout ops, validation against the config, writing.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import warnings
@@ -207,21 +208,20 @@ def validate(state: dict[str, np.ndarray], config: GPT2Config, where: str) -> di
 
 
 # -- formats ---------------------------------------------------------------------------------------------------------
+# format -> (module in gpt2.common.formats, file suffix). Order = preference when a folder holds several.
+_FORMATS = {
+    "safetensors": ("safetensors_format", ".safetensors"),
+    "pytorch": ("torch_bin", ".bin"),
+    "tf": ("keras_h5", ".h5"),
+    "flax": ("flax_msgpack", ".msgpack"),
+    "openai": ("openai_tf", ".index"),
+}
+FORMAT_NAMES = tuple(_FORMATS)
+WRITABLE_FORMATS = FORMAT_NAMES[:-1]  # OpenAI's format is read only
+
+
 def _formats():
-    from .formats import flax_msgpack, keras_h5, openai_tf, safetensors_format, torch_bin
-
-    # Order = preference when a folder holds several.
-    return {
-        "safetensors": safetensors_format,
-        "pytorch": torch_bin,
-        "tf": keras_h5,
-        "flax": flax_msgpack,
-        "openai": openai_tf,
-    }
-
-
-FORMAT_NAMES = ("safetensors", "pytorch", "tf", "flax", "openai")
-WRITABLE_FORMATS = ("safetensors", "pytorch", "tf", "flax")
+    return {fmt: importlib.import_module(f"{__package__}.formats.{module}") for fmt, (module, _) in _FORMATS.items()}
 
 
 def format_module(fmt: str):
@@ -253,10 +253,12 @@ def resolve_checkpoint(
     """(format, local main file) for a folder, a weights file, or a hub name (local HF cache first)."""
     path = Path(name_or_path)
     if path.is_file():
-        for fmt, module in _formats().items():
-            if module.find(path.parent) == path or path.name in module.FILENAMES:
+        name = path.name[: -len(".index.json")] if path.name.endswith(".index.json") else path.name
+        for fmt, (_, suffix) in _FORMATS.items():
+            if name.endswith(suffix):
                 return fmt, path
-        raise ValueError(f"{str(path)!r}: not a checkpoint file name this package knows")
+        suffixes = ", ".join(s for _, s in _FORMATS.values())
+        raise ValueError(f"{str(path)!r}: not a checkpoint file (expected a name ending in {suffixes})")
     if hub.local_folder(path) is not None:
         return detect_format(path)
     for allow_download in ((False, True) if not local_files_only else (False,)):
@@ -264,21 +266,23 @@ def resolve_checkpoint(
             for filename in module.FILENAMES:
                 found = hub.resolve_file(name_or_path, filename, revision=revision, cache_dir=cache_dir,
                                          local_files_only=not allow_download)
-                if found is not None:
-                    if found.name.endswith(".index.json"):
-                        _fetch_shards(name_or_path, found, revision, cache_dir, local_files_only or not allow_download)
+                if found is not None and _shards_available(name_or_path, found, revision, cache_dir,
+                                                            local_files_only or not allow_download):
                     return fmt, found
     raise FileNotFoundError(f"no checkpoint for {str(name_or_path)!r}: looked in {hub.describe_lookup(name_or_path)}")
 
 
-def _fetch_shards(name, index: Path, revision, cache_dir, local_files_only: bool) -> None:
-    """Make sure every shard listed by a hub checkpoint's index is in the local cache (downloading if allowed)."""
+def _shards_available(name, main: Path, revision, cache_dir, local_files_only: bool) -> bool:
+    """For a hub checkpoint's shard index: whether every shard it lists is (or now, downloaded, is) in the cache."""
+    if not main.name.endswith(".index.json"):
+        return True
     from .formats.pt_layout import shard_files
 
-    for shard in sorted(set(shard_files(index).values())):
-        if hub.resolve_file(name, shard, revision=revision, cache_dir=cache_dir,
-                            local_files_only=local_files_only) is None:
-            raise FileNotFoundError(f"{index}: shard {shard!r} is not available ({hub.describe_lookup(name)})")
+    return all(
+        hub.resolve_file(name, shard, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        is not None
+        for shard in sorted(set(shard_files(main).values()))
+    )
 
 
 def load_checkpoint(

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from . import files, hub
 from .checkpoint import WRITABLE_FORMATS, load_checkpoint, resolve_checkpoint, save_checkpoint
 
@@ -19,6 +21,7 @@ SIDE_FILES = (
     "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "generation_config.json",
 )
+DTYPES = ("float32", "float16", "bfloat16")
 # OpenAI's names for the same vocabulary files: encoder.json is vocab.json, vocab.bpe is merges.txt.
 OPENAI_VOCAB = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
 
@@ -28,6 +31,7 @@ def convert(
     dst: str | os.PathLike,
     to: str = "safetensors",
     *,
+    dtype: str | None = None,
     max_shard_size: int | str | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -37,10 +41,13 @@ def convert(
     """Read the checkpoint at ``src`` (any format) and write ``dst`` in format ``to``; returns the files written.
 
     ``to`` is one of safetensors, pytorch, tf, flax. ``dst`` gets config.json, the weights, and the vocabulary and
-    generation files when the source has them. ``progress(phase, done_bytes, total_bytes)`` follows the work.
+    generation files when the source has them. ``dtype`` (float32, float16, bfloat16) casts the weights on the way;
+    by default they keep their stored dtype. ``progress(phase, done_bytes, total_bytes)`` follows the work.
     """
     if to not in WRITABLE_FORMATS:
         raise ValueError(f"--to must be one of {', '.join(WRITABLE_FORMATS)}, got {to!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     fmt, main = resolve_checkpoint(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
@@ -59,6 +66,12 @@ def convert(
     size = _checkpoint_bytes(main)
     state, config = load_checkpoint(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                                     progress=ticker(f"reading {main.name}", size))
+    if dtype is not None:
+        import ml_dtypes
+
+        target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+        state = {name: array.astype(target) for name, array in state.items()}
+        config.dtype = dtype
     total = sum(a.nbytes for a in state.values())
     written = save_checkpoint(state, dst, config, format=to, max_shard_size=max_shard_size,
                               progress=ticker(f"writing {to}", total))

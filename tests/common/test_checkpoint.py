@@ -294,3 +294,15 @@ def test_damaged_bytes_never_crash_deep_inside(fmt, tmp_path):
                 load_checkpoint(tmp_path)
         except CheckpointError as e:
             assert path.name in str(e)
+
+
+def test_any_file_name_by_suffix(tmp_path):
+    config = GPT2Config(**TINY)
+    state = random_state(config)
+    save_checkpoint(state, tmp_path, config, format="flax")
+    renamed = tmp_path / "finetuned-step-100.msgpack"
+    (tmp_path / "flax_model.msgpack").rename(renamed)
+    assert_same(load_checkpoint(renamed)[0], state)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="not a checkpoint file"):
+        load_checkpoint(tmp_path / "notes.txt", config)
