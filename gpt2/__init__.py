@@ -20,6 +20,10 @@ _LAZY = {
     "save_checkpoint": "gpt2.common.checkpoint",
     "CheckpointError": "gpt2.common.checkpoint",
     "convert": "gpt2.common.convert",
+    "GPT2Tokenizer": "gpt2.common.tokenizer",
+    "GPT2TokenizerFast": "gpt2.common.tokenizer_fast",
+    "AddedToken": "gpt2.common.tokens",
+    "BatchEncoding": "gpt2.common.encoding",
 }
 
 __all__ = sorted(_LAZY)

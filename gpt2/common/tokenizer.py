@@ -1,0 +1,610 @@
+"""GPT2Tokenizer: OpenAI's byte-level BPE with transformers' tokenizer API, in pure Python.
+
+The API (``tok(texts, padding=True, return_tensors="np")``, ``encode``, ``decode``, special and added tokens,
+``save_pretrained`` / ``from_pretrained``) lives in ``TokenizerBase``, shared with GPT2TokenizerFast
+(tokenizer_fast.py), which differs only in its BPE engine. OpenAI's vocabulary ships inside the package, so
+``GPT2Tokenizer.from_pretrained("gpt2")`` works offline.
+
+>>> from gpt2 import GPT2Tokenizer
+>>> tok = GPT2Tokenizer.from_pretrained("gpt2")
+>>> tok("Hello world")["input_ids"]
+[15496, 995]
+>>> tok.pad_token = tok.eos_token
+>>> batch = tok(["a b c", "d"], padding=True, return_tensors="np")
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import regex
+
+from . import files, hub
+from .bpe import ByteLevelBPE, bytes_to_unicode, read_vocab
+from .encoding import BatchEncoding, char_offsets, pad_rows, padding_strategy, to_tensor, truncate_pair, truncation_strategy
+from .tokens import AddedToken, AddedVocabulary
+
+ENDOFTEXT = "<|endoftext|>"
+VERY_LARGE_INTEGER = int(1e30)  # transformers' "no limit" model_max_length
+PACKAGED_VOCAB = Path(__file__).resolve().parent.parent / "data" / "gpt2-vocab"
+# Every preset name shares OpenAI's vocabulary; their published tokenizer_config.json sets model_max_length 1024.
+PRESETS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
+PRESETS = (*PRESETS, *(f"openai-community/{p}" for p in PRESETS[:4]), "distilbert/distilgpt2")
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+FILES = {"vocab_file": "vocab.json", "merges_file": "merges.txt", "tokenizer_config": "tokenizer_config.json",
+         "special_tokens_map": "special_tokens_map.json", "added_tokens": "added_tokens.json"}
+_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_SURROGATE = regex.compile(r"[\ud800-\udfff]")
+
+
+@functools.lru_cache(maxsize=1)
+def _openai_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    return read_vocab(PACKAGED_VOCAB / "vocab.json", PACKAGED_VOCAB / "merges.txt")
+
+
+def is_openai_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]]) -> bool:
+    """Whether (encoder, merges) is OpenAI's GPT-2 vocabulary (what the shipped vocab.json / merges.txt hold)."""
+    return len(encoder) == 50257 and (encoder, merges) == _openai_vocabulary()
+
+
+def _python_engine(encoder: dict[str, int], merges: list[tuple[str, str]]) -> ByteLevelBPE:
+    # Every OpenAI token merges back to itself (tests/common/test_bpe.py), so a piece that is a token can skip BPE.
+    return ByteLevelBPE(encoder, merges, whole_token_shortcut=is_openai_vocabulary(encoder, merges))
+
+
+class TokenizerBase:
+    """transformers' tokenizer API over a byte-level BPE engine (``self.bpe``); see GPT2Tokenizer."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+    is_fast = False
+    _engine = staticmethod(_python_engine)
+
+    def __init__(
+        self,
+        vocab_file: str | os.PathLike | None = None,
+        merges_file: str | os.PathLike | None = None,
+        errors: str = "replace",
+        unk_token: str | AddedToken | None = ENDOFTEXT,
+        bos_token: str | AddedToken | None = ENDOFTEXT,
+        eos_token: str | AddedToken | None = ENDOFTEXT,
+        pad_token: str | AddedToken | None = None,
+        add_prefix_space: bool = False,
+        add_bos_token: bool = False,
+        model_max_length: int = VERY_LARGE_INTEGER,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
+        additional_special_tokens: Iterable[str | AddedToken] = (),
+        added_tokens_decoder: dict[int, AddedToken] | None = None,
+        sep_token=None, cls_token=None, mask_token=None,
+        name_or_path: str = "",
+    ) -> None:
+        vocab_file = vocab_file or PACKAGED_VOCAB / "vocab.json"
+        merges_file = merges_file or PACKAGED_VOCAB / "merges.txt"
+        self.encoder, self.merges = read_vocab(vocab_file, merges_file)
+        self.decoder = {i: t for t, i in self.encoder.items()}
+        self.byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        self.bpe = self._engine(self.encoder, self.merges)
+        self._token_lengths = np.zeros(len(self.encoder), dtype=np.int64)  # bytes per token, for offsets
+        for token, index in self.encoder.items():
+            self._token_lengths[index] = len(token)  # one byte-level symbol per byte
+        if errors not in ("strict", "replace", "ignore", "backslashreplace", "surrogateescape"):
+            raise ValueError(f"errors must be a codecs error handler such as 'replace', got {errors!r}")
+        self.errors = errors
+        self.add_prefix_space = bool(add_prefix_space)
+        self.add_bos_token = bool(add_bos_token)
+        self.model_max_length = model_max_length
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        self.name_or_path = str(name_or_path)
+        self.added = AddedVocabulary(self.encoder)
+        for index, token in sorted((added_tokens_decoder or {}).items()):
+            self.added.register(token, int(index))
+        self._special: dict[str, Any] = {}
+        for name, value in dict(bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
+                                sep_token=sep_token, cls_token=cls_token, mask_token=mask_token).items():
+            if value is not None:
+                self._set_special(name, value)
+        self._additional: list[str] = []
+        self.add_special_tokens({"additional_special_tokens": list(additional_special_tokens)})
+
+    # -- sides ------------------------------------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("padding_side", "truncation_side") and value not in ("left", "right"):
+            raise ValueError(f"{name} must be 'left' or 'right', got {value!r}")
+        if name in SPECIAL_TOKEN_NAMES:
+            self._set_special(name, value)
+            return
+        if name.endswith("_token_id") and name[: -len("_id")] in SPECIAL_TOKEN_NAMES:
+            self._set_special(name[: -len("_id")], None if value is None else self.convert_ids_to_tokens(value))
+            return
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only for names normal lookup did not find
+        if name in SPECIAL_TOKEN_NAMES:
+            token = self.__dict__.get("_special", {}).get(name)
+            return None if token is None else str(token)
+        if name.endswith("_token_id") and name[: -len("_id")] in SPECIAL_TOKEN_NAMES:
+            token = getattr(self, name[: -len("_id")])
+            return None if token is None else self.convert_tokens_to_ids(token)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # -- special and added tokens -----------------------------------------------------------------------------------
+    def _set_special(self, name: str, value) -> None:
+        if value is None:
+            self._special.pop(name, None)
+            return
+        if not isinstance(value, (str, AddedToken)):
+            raise TypeError(f"{name} must be a str or AddedToken, got {type(value).__name__}")
+        token = value if isinstance(value, AddedToken) else AddedToken(value, special=True, normalized=False)
+        if token.content not in self.encoder and token.content not in self.added.encoder:
+            self.added.add(token.with_special(True))  # as transformers does: a new special token gets a new id
+        else:
+            self.added.register(token.with_special(True), self.convert_tokens_to_ids(token.content))
+        self._special[name] = token
+
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        return list(self._additional)
+
+    @property
+    def additional_special_tokens_ids(self) -> list[int]:
+        return [self.convert_tokens_to_ids(t) for t in self._additional]
+
+    @property
+    def special_tokens_map(self) -> dict[str, Any]:
+        out = {name: str(tok) for name, tok in self._special.items()}
+        if self._additional:
+            out["additional_special_tokens"] = list(self._additional)
+        return out
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        seen = [str(t) for t in self._special.values()] + self._additional
+        return list(dict.fromkeys(seen))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self.convert_tokens_to_ids(t) for t in self.all_special_tokens]
+
+    def add_tokens(self, new_tokens: str | AddedToken | Iterable[str | AddedToken], special_tokens: bool = False) -> int:
+        """Add tokens recognised in text as single ids; returns how many new ids the vocabulary got."""
+        if isinstance(new_tokens, (str, AddedToken)):
+            new_tokens = [new_tokens]
+        count = 0
+        for token in new_tokens:
+            if not isinstance(token, (str, AddedToken)):
+                raise TypeError(f"add_tokens takes str or AddedToken, got {type(token).__name__}")
+            if isinstance(token, str):
+                token = AddedToken(token, special=special_tokens, normalized=not special_tokens)
+            elif special_tokens:
+                token = token.with_special(True)
+            if not token.content:
+                raise ValueError("cannot add an empty token")
+            count += self.added.add(token)
+        return count
+
+    def add_special_tokens(self, special_tokens_dict: dict[str, Any], replace_additional_special_tokens=True) -> int:
+        """Set special tokens (bos_token, pad_token, ..., additional_special_tokens); returns the new ids added."""
+        before = len(self)
+        for name, value in special_tokens_dict.items():
+            if name == "additional_special_tokens":
+                tokens = [value] if isinstance(value, (str, AddedToken)) else list(value)
+                self.add_tokens(tokens, special_tokens=True)
+                names = [str(t) for t in tokens]
+                self._additional = names if replace_additional_special_tokens else list(
+                    dict.fromkeys(self._additional + names))
+            elif name in SPECIAL_TOKEN_NAMES:
+                self._set_special(name, value)
+            else:
+                raise ValueError(f"unknown special token name {name!r}; expected one of {SPECIAL_TOKEN_NAMES}")
+        return len(self) - before
+
+    # -- vocabulary -------------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """The size of the base vocabulary (without added tokens), as in transformers."""
+        return len(self.encoder)
+
+    def __len__(self) -> int:
+        return len(self.encoder) + len(self.added.new_ids)
+
+    def get_vocab(self) -> dict[str, int]:
+        return {**self.encoder, **self.added.encoder}
+
+    def get_added_vocab(self) -> dict[str, int]:
+        """Every added token (those already in the vocabulary too, such as <|endoftext|>), as transformers."""
+        return dict(self.added.encoder)
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        return dict(sorted(self.added.decoder.items()))
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        """Token strings (byte-level BPE symbols or added tokens) -> ids; unknown tokens give the unk id."""
+        if isinstance(tokens, str):
+            index = self.added.encoder.get(tokens, self.encoder.get(tokens))
+            if index is None:
+                unk = self._special.get("unk_token")
+                if unk is None:
+                    raise ValueError(f"token {tokens!r} is not in the vocabulary and there is no unk_token")
+                return self.convert_tokens_to_ids(str(unk))
+            return index
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        single = isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0)
+        ids = self._check_ids([ids] if single else ids)
+        special = set(self.all_special_ids) if skip_special_tokens else ()
+        tokens = [str(self.added.decoder[i]) if i in self.added.decoder else self.decoder[i]
+                  for i in ids if i not in special]
+        return tokens[0] if single and tokens else tokens
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        data = bytearray()
+        for token in tokens:
+            if token in self.added.encoder and token not in self.encoder:
+                data += token.encode("utf-8")
+            else:
+                data += bytes(self.byte_decoder[c] for c in token)
+        return data.decode("utf-8", errors=self.errors)
+
+    def _check_ids(self, ids) -> list[int]:
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if isinstance(ids, int):
+            ids = [ids]
+        size = len(self)
+        out = []
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"token ids must be integers, got {type(i).__name__} {i!r}")
+            if not 0 <= i < size or (i not in self.decoder and i not in self.added.decoder):
+                raise ValueError(f"token id {i} is outside the vocabulary (ids 0..{size - 1})")
+            out.append(i)
+        return out
+
+    # -- encoding ---------------------------------------------------------------------------------------------------
+    def _prepare(self, text: str) -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str (or a list of str), got {type(text).__name__}")
+        if _SURROGATE.search(text):  # lone surrogates cannot be UTF-8: replaced by U+FFFD, as tiktoken does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text
+
+    # Where add_prefix_space puts its space differs between transformers' two tokenizers, and we follow each:
+    # GPT2Tokenizer prepends one to the whole text (before added tokens are split out), GPT2TokenizerFast to each
+    # stretch of text between added tokens that does not already start with a space.
+    _prefix_whole_text = True
+    # More places where transformers' two GPT-2 tokenizers differ, followed by each of ours: whether a pair gets a
+    # second bos (add_bos_token), whether return_length counts padding (and is a list for one text), which
+    # longest_first rule truncates pairs.
+    _bos_before_pair = True
+    _length_counts_padding = False
+    _balanced_truncation = False
+
+    def _encode_text(self, text: str, offsets: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
+        """One text -> ids (and character offsets into it): added tokens first, BPE on the text between them."""
+        text = self._prepare(text)
+        length = len(text)
+        whole = self.add_prefix_space and self._prefix_whole_text
+        if whole:
+            text = " " + text
+        ids: list[int] = []
+        spans: list[tuple[int, int]] | None = [] if offsets else None
+        for start, end, index in self.added.split(text):
+            if index is not None:
+                ids.append(index)
+                if offsets:
+                    spans.append((start, end))
+                continue
+            segment = text[start:end]
+            prefix = self.add_prefix_space and not whole and not segment.startswith(" ")
+            piece_ids = self.bpe.encode_ordinary(" " + segment if prefix else segment)
+            ids += piece_ids
+            if offsets:
+                local = char_offsets(" " + segment if prefix else segment, self._token_lengths[piece_ids])
+                spans += [(start + a, start + b) for a, b in (_unshift(local, 0) if prefix else local)]
+        if offsets and whole:
+            spans = [(min(a, length), min(b, length)) for a, b in _unshift(spans, 0)]
+        return ids, spans
+
+    def tokenize(self, text: str) -> list[str]:
+        """The token strings of ``text`` (byte-level symbols, e.g. 'Ġworld'), as transformers' tokenize()."""
+        return self.convert_ids_to_tokens(self._encode_text(text)[0])
+
+    def _encode_batch(self, texts: list[str], offsets: bool) -> list[tuple[list[int], Any]]:
+        return [self._encode_text(t, offsets) for t in texts]
+
+    def __call__(
+        self,
+        text: str | list[str] | list[list[str]],
+        text_pair: str | list[str] | None = None,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        is_split_into_words: bool = False,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+    ) -> BatchEncoding:
+        """Tokenize one text or a batch (and optional pairs) into model inputs, as transformers' tokenizers do."""
+        batched = isinstance(text, (list, tuple)) and (
+            not is_split_into_words or (len(text) > 0 and isinstance(text[0], (list, tuple))))
+        texts = list(text) if batched else [text]
+        pairs = None
+        if text_pair is not None:
+            pairs = list(text_pair) if batched else [text_pair]
+            if len(pairs) != len(texts):
+                raise ValueError(f"got {len(texts)} texts but {len(pairs)} text_pair entries")
+        if is_split_into_words:
+            texts = [self._join_words(t) for t in texts]
+            pairs = None if pairs is None else [self._join_words(t) for t in pairs]
+        trunc = truncation_strategy(truncation)
+        if trunc == "do_not_truncate" and truncation is None and max_length is not None and padding != "max_length":
+            trunc = "longest_first"  # transformers: max_length alone implies truncation
+        if max_length is None and (trunc != "do_not_truncate" or padding == "max_length"):
+            max_length = self.model_max_length
+        pad = padding_strategy(padding, max_length)
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 0):
+            raise ValueError(f"max_length must be a non-negative integer, got {max_length!r}")
+        encoded = self._encode_batch(texts, return_offsets_mapping)
+        encoded_pairs = self._encode_batch(pairs, return_offsets_mapping) if pairs is not None else None
+        rows = []
+        for i, (ids, spans) in enumerate(encoded):
+            pair_ids, pair_spans = encoded_pairs[i] if encoded_pairs is not None else (None, None)
+            rows.append(self._build_row(ids, spans, pair_ids, pair_spans, add_special_tokens, trunc, max_length,
+                                        return_offsets_mapping))
+        lengths = [len(r["input_ids"]) for r in rows]
+        pad_rows(rows, pad, max_length, pad_to_multiple_of, side, self.pad_token_id)
+        if self._length_counts_padding:
+            lengths = [len(r["input_ids"]) for r in rows]
+        wants = {
+            "attention_mask": return_attention_mask if return_attention_mask is not None
+            else "attention_mask" in self.model_input_names,
+            "token_type_ids": return_token_type_ids if return_token_type_ids is not None
+            else "token_type_ids" in self.model_input_names,
+            "special_tokens_mask": return_special_tokens_mask,
+            "offset_mapping": return_offsets_mapping,
+        }
+        out = BatchEncoding()
+        # A single text gives flat lists, or tensors with a batch axis of 1 when tensors are asked for.
+        keep_batch = batched or return_tensors is not None
+        for key in ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping"):
+            if key == "input_ids" or wants[key]:
+                values = [r[key] for r in rows]
+                out[key] = values if keep_batch else values[0]
+        if return_length:
+            out["length"] = lengths if keep_batch or self._length_counts_padding else lengths[0]
+        return out.convert_to_tensors(return_tensors)
+
+    def _join_words(self, words) -> str:
+        if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
+            raise TypeError("with is_split_into_words=True, each text must be a list of str")
+        if not self.add_prefix_space:
+            raise ValueError("is_split_into_words=True needs a tokenizer made with add_prefix_space=True")
+        return " ".join(words)
+
+    def _build_row(self, ids, spans, pair_ids, pair_spans, add_special, trunc, max_length, want_offsets) -> dict:
+        bos = [self.bos_token_id] if (add_special and self.add_bos_token and self.bos_token_id is not None) else []
+        mid = bos if self._bos_before_pair else []
+        n_special = len(bos) + (len(mid) if pair_ids is not None else 0)
+        first = list(zip(ids, spans)) if want_offsets else ids
+        second = None if pair_ids is None else (list(zip(pair_ids, pair_spans)) if want_offsets else pair_ids)
+        if max_length is not None and trunc != "do_not_truncate":
+            first, second = truncate_pair(first, second, max(max_length - n_special, 0), trunc, self.truncation_side,
+                                          self._balanced_truncation)
+            second = second if pair_ids is not None else None
+        if want_offsets:
+            ids, spans = [i for i, _ in first], [s for _, s in first]
+            pair_ids = None if second is None else [i for i, _ in second]
+            pair_spans = None if second is None else [s for _, s in second]
+        else:
+            ids, pair_ids = first, second
+        row = {"input_ids": bos + ids, "token_type_ids": [0] * (len(bos) + len(ids)),
+               "special_tokens_mask": [1] * len(bos) + [0] * len(ids)}
+        if want_offsets:
+            row["offset_mapping"] = [(0, 0)] * len(bos) + spans
+        if pair_ids is not None:
+            row["input_ids"] += mid + pair_ids
+            row["token_type_ids"] += [1] * (len(mid) + len(pair_ids))
+            row["special_tokens_mask"] += [1] * len(mid) + [0] * len(pair_ids)
+            if want_offsets:
+                row["offset_mapping"] += [(0, 0)] * len(mid) + pair_spans
+        row["attention_mask"] = [1] * len(row["input_ids"])
+        return row
+
+    def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
+               max_length: int | None = None, return_tensors: str | None = None, **kwargs) -> list[int]:
+        """The ids of one text (a list, or a tensor when ``return_tensors`` is given)."""
+        if isinstance(text, (list, tuple)) and not kwargs.get("is_split_into_words"):
+            raise TypeError("encode takes one text; call the tokenizer on a list for a batch")
+        out = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                   max_length=max_length, **kwargs)["input_ids"]
+        return to_tensor([out], return_tensors) if return_tensors is not None else out
+
+    def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
+        return self(text, text_pair, **kwargs)
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
+        items = list(batch_text_or_text_pairs)
+        if items and isinstance(items[0], tuple):
+            return self([a for a, _ in items], [b for _, b in items], **kwargs)
+        return self(items, **kwargs)
+
+    def pad(self, encoded_inputs, padding=True, max_length: int | None = None, pad_to_multiple_of: int | None = None,
+            padding_side: str | None = None, return_attention_mask: bool | None = None,
+            return_tensors: str | None = None) -> BatchEncoding:
+        """Pad already-encoded inputs (a dict of lists, or a list of dicts), as data collators do."""
+        if isinstance(encoded_inputs, (list, tuple)):
+            rows = [{k: list(v) for k, v in e.items()} for e in encoded_inputs]
+        else:
+            keys = list(encoded_inputs)
+            n = len(encoded_inputs["input_ids"])
+            rows = [{k: list(encoded_inputs[k][i]) for k in keys} for i in range(n)]
+        for row in rows:
+            if return_attention_mask is not False:
+                row.setdefault("attention_mask", [1] * len(row["input_ids"]))
+        pad_rows(rows, padding_strategy(padding, max_length), max_length, pad_to_multiple_of,
+                 padding_side or self.padding_side, self.pad_token_id)
+        out = BatchEncoding({k: [r[k] for r in rows] for k in (rows[0] if rows else {})})
+        return out.convert_to_tensors(return_tensors)
+
+    # -- decoding ---------------------------------------------------------------------------------------------------
+    # transformers' Python tokenizer decodes non-special added tokens (and additional special tokens beyond the
+    # vocabulary) as separate words joined by spaces; its fast one does not. Each of ours follows its counterpart.
+    _spaces_around_added = True
+
+    def _separate_ids(self) -> set[int]:
+        specials = set(self.all_special_tokens)
+        ids = {i for i, t in self.added.decoder.items() if t.content not in specials}
+        return ids | {i for i in self.additional_special_tokens_ids if i >= self.vocab_size}
+
+    def decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
+               spaces_between_special_tokens: bool = True) -> str:
+        """Ids -> text. Bytes that are not valid UTF-8 follow ``errors`` ("replace": U+FFFD). Unknown ids: ValueError."""
+        ids = self._check_ids(token_ids)
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        separate = self._separate_ids() if self._spaces_around_added else set()
+        parts: list[str] = []
+        data = bytearray()
+        run: list[int] = []  # base-vocabulary ids not yet turned into bytes
+        for i in ids:
+            if i in skip:
+                continue
+            if i in self.decoder and i not in separate:
+                run.append(i)
+                continue
+            if run:
+                data += self.bpe.decode_bytes(run)
+                run = []
+            if i in separate:
+                if data:
+                    parts.append(data.decode("utf-8", errors=self.errors))
+                    data = bytearray()
+                parts.append(str(self.added.decoder[i]))
+            else:  # an added token beyond the vocabulary, decoded in line
+                data += str(self.added.decoder[i]).encode("utf-8")
+        if run:
+            data += self.bpe.decode_bytes(run)
+        if data:
+            parts.append(data.decode("utf-8", errors=self.errors))
+        text = (" " if spaces_between_special_tokens else "").join(parts)
+        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        if clean:
+            for old, new in _CLEANUPS:
+                text = text.replace(old, new)
+        return text
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool | None = None,
+                     spaces_between_special_tokens: bool = True) -> list[str]:
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces, spaces_between_special_tokens)
+                for s in sequences]
+
+    # -- files ------------------------------------------------------------------------------------------------------
+    def save_vocabulary(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, str]:
+        """Write vocab.json and merges.txt (transformers' layout) atomically; returns their paths."""
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"save_vocabulary expects a folder, {str(folder)!r} is a file")
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        vocab_path, merges_path = folder / f"{prefix}vocab.json", folder / f"{prefix}merges.txt"
+        files.write_text(vocab_path, json.dumps(self.encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        files.write_text(merges_path, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
+        return str(vocab_path), str(merges_path)
+
+    def tokenizer_config(self) -> dict[str, Any]:
+        """tokenizer_config.json's content, as transformers writes it."""
+        config = {
+            "add_bos_token": self.add_bos_token,
+            "add_prefix_space": self.add_prefix_space,
+            "added_tokens_decoder": {str(i): t.to_dict() for i, t in self.added_tokens_decoder.items()},
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "errors": self.errors,
+            "extra_special_tokens": {},
+            "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
+            "tokenizer_class": "GPT2Tokenizer",
+        }
+        config.update(self.special_tokens_map)
+        return config
+
+    def save_pretrained(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """Write vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json (+ added_tokens.json)."""
+        folder = Path(save_directory)
+        written = self.save_vocabulary(folder, filename_prefix)
+        dump = lambda data: json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # noqa: E731
+        specials = {name: (tok.to_dict(special=False) if isinstance(tok, AddedToken) else tok)
+                    for name, tok in self._special.items()}
+        if self._additional:
+            specials["additional_special_tokens"] = list(self._additional)
+        extra = {"tokenizer_config.json": dump(self.tokenizer_config()), "special_tokens_map.json": dump(specials)}
+        beyond = {t.content: i for i, t in self.added.decoder.items() if i >= self.vocab_size}
+        if beyond:
+            extra["added_tokens.json"] = dump(beyond)
+        for name, text in extra.items():
+            files.write_text(folder / name, text)
+            written += (str(folder / name),)
+        return written
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False, **kwargs):
+        """Load from a folder, the local HF cache, a preset name (packaged vocabulary) or the hub.
+
+        ``kwargs`` override what the folder's tokenizer_config.json says (e.g. ``pad_token="<|endoftext|>"``,
+        ``padding_side="left"``, ``add_prefix_space=True``).
+        """
+        from .tokenizer_files import load_tokenizer_kwargs
+
+        init = load_tokenizer_kwargs(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                                     local_files_only=local_files_only, presets=PRESETS,
+                                     packaged=PACKAGED_VOCAB)
+        init.update(kwargs)
+        return cls(**init)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "
+                f"model_max_length={self.model_max_length}, padding_side={self.padding_side!r}, "
+                f"special_tokens={self.special_tokens_map}, added_tokens={len(self.added.new_ids)})")
+
+
+class GPT2Tokenizer(TokenizerBase):
+    """OpenAI's GPT-2 byte-level BPE tokenizer in pure Python, with transformers' GPT2Tokenizer API.
+
+    Same ids as tiktoken's gpt2 encoding and transformers' tokenizers; GPT2TokenizerFast gives the same ids faster.
+    With ``add_prefix_space=True`` a space is put before the whole text, as transformers' GPT2Tokenizer does.
+    """
+
+
+def _unshift(spans: list[tuple[int, int]], origin: int) -> list[tuple[int, int]]:
+    """Spans over a text with one character inserted at ``origin`` -> spans over the text without it.
+
+    Like transformers' fast tokenizer, the inserted space is aligned with the character that follows it.
+    """
+    def char(c: int) -> int:
+        return c - 1 if c > origin else c
+
+    return [(char(a), char(b - 1) + 1) for a, b in spans]
