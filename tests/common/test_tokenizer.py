@@ -275,3 +275,11 @@ def test_fast_falls_back_on_other_vocabularies(tmp_path):
     oracle = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
     for text in ("lower low slower", "low<|endoftext|>er"):
         assert fast(text)["input_ids"] == slow(text)["input_ids"] == oracle(text)["input_ids"]
+
+
+def test_return_tensors_for_a_missing_framework(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an absent package looks like to import
+    with pytest.raises(ImportError, match=r"gpt2\[torch\]"):
+        ours("fast")("hello", return_tensors="pt")
