@@ -319,11 +319,13 @@ def save_checkpoint(
     max_shard_size: int | str | None = None,
     write_config: bool = True,
     progress: Callable[[int], None] | None = None,
+    architecture: str | None = None,
 ) -> list[Path]:
     """Write a canonical state (and config.json) to a folder in ``format``; returns the files written.
 
     The state is validated first; every file is written atomically. ``max_shard_size`` (bytes or "5GB") shards the
-    safetensors and pytorch formats as transformers does.
+    safetensors and pytorch formats as transformers does. ``architecture`` (a transformers class name) goes to
+    config.json; by default it is inferred from the heads present.
     """
     if format not in WRITABLE_FORMATS:
         raise ValueError(f"cannot write format {format!r}; expected one of {', '.join(WRITABLE_FORMATS)}")
@@ -336,7 +338,7 @@ def save_checkpoint(
     written = module.write(state, save_directory, config, max_shard_size=max_shard_size, progress=progress)
     if write_config:
         config = config.copy()
-        config.architectures = [architecture_of(state, config)]
+        config.architectures = [architecture or architecture_of(state, config)]
         config.save_pretrained(save_directory)
         written.append(save_directory / "config.json")
     return written

@@ -1,0 +1,93 @@
+"""The attention kernels behind ``Attention``: eager (explicit softmax), SDPA and FlashAttention-2.
+
+All three honour the scale that GPT-2's config asks for (scale_attn_weights, scale_attn_by_inverse_layer_idx) and
+reorder_and_upcast_attn (scores and softmax in fp32). transformers 4.57 ignores the first two under SDPA; we do
+not. Masks are additive, 0 where a query may look and the dtype's most negative finite value where it may not:
+a fully masked row (a left-padding query) then softmaxes to a uniform row instead of NaN (see common/numerics.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+
+
+def mask_value(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min
+
+
+def eager_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
+    """softmax(q k^T * scale + mask) v, explicitly; returns (y, probabilities). Shapes (B, nh, T|S, hs)."""
+    T, S = q.shape[-2], k.shape[-2]
+    if upcast:  # reorder_and_upcast_attn: the product and the softmax in fp32 (fp16 scores can overflow)
+        with torch.autocast(q.device.type, enabled=False):
+            scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))  # (B, nh, T, S)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, nh, T, S)
+    if is_causal and mask is None:
+        keep = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        scores = scores.masked_fill(~keep, mask_value(scores.dtype))
+    elif mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    probs = F.dropout(probs, p=dropout) if dropout > 0 else probs
+    if head_mask is not None:
+        probs = probs * head_mask
+    return torch.matmul(probs, v), probs
+
+
+def sdpa_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float, upcast: bool):
+    """torch's scaled_dot_product_attention with GPT-2's scale; returns y (B, nh, T, hs)."""
+    dtype = v.dtype
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+        mask = mask.float() if mask is not None else None
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                       is_causal=is_causal and mask is None, scale=scale)
+    return y.to(dtype)
+
+
+def _flash():
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+    except ImportError:
+        raise ImportError(
+            "attn_implementation='flash_attention_2' needs the flash-attn package and a CUDA GPU: "
+            "pip install flash-attn --no-build-isolation (or use 'sdpa')"
+        ) from None
+    return flash_attn_func, flash_attn_varlen_func
+
+
+def check_flash_available() -> None:
+    _flash()
+    if not torch.cuda.is_available():
+        raise ImportError("attn_implementation='flash_attention_2' needs a CUDA GPU; none is available")
+
+
+def flash_attention(q, k, v, padding_mask, is_causal: bool, scale: float, dropout: float):
+    """FlashAttention-2 on (B, nh, T|S, hs) fp16/bf16 tensors; ``padding_mask`` (B, S) of 1/0 or None.
+
+    With padding the rows are packed (varlen) so that padding costs nothing and never mixes into real tokens.
+    flash-attn aligns the causal mask to the bottom right, which is what decoding with a cache needs.
+    """
+    flash_attn_func, flash_attn_varlen_func = _flash()
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"flash_attention_2 runs in float16 or bfloat16, the model is {q.dtype}")
+    B, nh, T, hs = q.shape
+    S = k.shape[-2]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T|S, nh, hs)
+    if padding_mask is None or bool(padding_mask.all()):
+        y = flash_attn_func(q, k, v, dropout_p=dropout, softmax_scale=scale, causal=is_causal)
+        return y.transpose(1, 2)
+    keep_k = padding_mask.bool()  # (B, S)
+    keep_q = keep_k[:, S - T:]  # (B, T): queries are the last T positions
+    lens_q, lens_k = keep_q.sum(-1, dtype=torch.int32), keep_k.sum(-1, dtype=torch.int32)
+    cu_q = F.pad(lens_q.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_k = F.pad(lens_k.cumsum(0, dtype=torch.int32), (1, 0))
+    y_packed = flash_attn_varlen_func(q[keep_q], k[keep_k], v[keep_k], cu_q, cu_k, int(lens_q.max()),
+                                      int(lens_k.max()), dropout_p=dropout, softmax_scale=scale, causal=is_causal)
+    y = q.new_zeros(B, T, nh, hs)
+    y[keep_q] = y_packed
+    return y.transpose(1, 2)

@@ -1,0 +1,100 @@
+"""The key/value cache of self-attention, for incremental decoding.
+
+``KVCache`` holds, per layer, keys and values of shape (B, nh, T, hs). It grows by concatenation (``KVCache()``,
+what a forward creates with ``use_cache=True``) or writes into buffers allocated once (``KVCache.static(...)``, what
+generate() uses: nothing is re-allocated per step). It reads like transformers' caches and legacy tuples:
+``cache[i]`` is layer i's ``(k, v)``, ``len(cache)``, ``get_seq_length()``, ``to_legacy_cache()``, and
+``KVCache.from_legacy_cache(tuples)`` accepts transformers' old format.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per-layer (k, v) of shape (B, nh, T, hs), growing or preallocated."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.length = 0  # tokens held (the same for every layer once a forward has finished)
+        self.static = False
+
+    @classmethod
+    def static_cache(cls, n_layer: int, batch_size: int, n_head: int, max_length: int, head_dim: int,
+                     dtype: torch.dtype, device) -> "KVCache":
+        """Buffers for ``max_length`` tokens, allocated once."""
+        cache = cls()
+        shape = (batch_size, n_head, max_length, head_dim)
+        cache.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        cache.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        cache.static = True
+        return cache
+
+    @classmethod
+    def from_legacy_cache(cls, past) -> "KVCache":
+        """From transformers' tuple format: ((k, v), ...) per layer."""
+        cache = cls()
+        for layer in past:
+            if len(layer) < 2:
+                raise ValueError("past_key_values: each layer must hold (key, value)")
+            cache.keys.append(layer[0])
+            cache.values.append(layer[1])
+        cache.length = cache.keys[0].shape[-2] if cache.keys else 0
+        return cache
+
+    @property
+    def capacity(self) -> int | None:
+        return self.keys[0].shape[-2] if self.static else None
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's k, v (B, nh, T, hs) for ``layer``; return everything held so far for it."""
+        start = self.length
+        end = start + k.shape[-2]
+        if self.static:
+            if end > self.keys[layer].shape[-2]:
+                raise ValueError(f"the static KV cache holds {self.keys[layer].shape[-2]} tokens; {end} needed")
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+            k_all, v_all = self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        elif layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+            k_all, v_all = k, v
+        else:
+            k_all = self.keys[layer] = torch.cat([self.keys[layer], k], dim=-2)
+            v_all = self.values[layer] = torch.cat([self.values[layer], v], dim=-2)
+        return k_all, v_all
+
+    def advance(self, n: int) -> None:
+        """Record that a forward added ``n`` tokens to every layer."""
+        self.length += n
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        return tuple(self[i] for i in range(len(self)))
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        """Keep batch rows ``beam_idx`` (beam search), in place."""
+        for i in range(len(self.keys)):
+            self.keys[i] = self.keys[i].index_select(0, beam_idx.to(self.keys[i].device))
+            self.values[i] = self.values[i].index_select(0, beam_idx.to(self.values[i].device))
+
+    def crop(self, length: int) -> None:
+        """Forget everything after the first ``length`` tokens."""
+        if not self.static:
+            self.keys = [k[:, :, :length] for k in self.keys]
+            self.values = [v[:, :, :length] for v in self.values]
+        self.length = min(self.length, length)

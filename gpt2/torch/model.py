@@ -1,0 +1,287 @@
+"""GPT-2 in PyTorch: Attention, MLP, Block, GPT2Model (the trunk). Heads are in heads.py.
+
+Attribute paths are the checkpoint names (``wte``, ``wpe``, ``h[i].ln_1``, ``h[i].attn.c_attn``, ...). Projections
+are ``nn.Linear`` (weight [out, in]); checkpoints store HF Conv1D weights [in, out], so weights.py transposes them.
+
+>>> from gpt2.torch import GPT2Model
+>>> model = GPT2Model.from_pretrained("my-gpt2")        # any checkpoint format
+>>> out = model(input_ids, attention_mask=mask)          # out.last_hidden_state: (B, T, C)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..common.outputs import BaseModelOutputWithPastAndCrossAttentions
+from .attention import eager_attention, flash_attention, mask_value, sdpa_attention
+from .cache import KVCache
+from .weights import GPT2PreTrainedModel
+
+
+def activation(name: str):
+    """The activation named by config.activation_function (common/numerics.py lists them)."""
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):  # GPT-2's tanh GELU; torch's default is exact
+        return lambda x: F.gelu(x, approximate="tanh")
+    return {
+        "gelu": F.gelu,
+        "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+        "relu": F.relu,
+        "silu": F.silu,
+        "swish": F.silu,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "linear": lambda x: x,
+    }[name]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (or cross-attention: queries from x, keys/values from the encoder)."""
+
+    def __init__(self, config, layer_idx: int, is_cross_attention: bool = False) -> None:
+        super().__init__()
+        C = config.n_embd
+        self.n_head, self.head_dim = config.n_head, C // config.n_head
+        self.layer_idx, self.is_cross_attention = layer_idx, is_cross_attention
+        if is_cross_attention:
+            self.c_attn = nn.Linear(C, 2 * C)  # keys and values, from the encoder
+            self.q_attn = nn.Linear(C, C)
+        else:
+            self.c_attn = nn.Linear(C, 3 * C)
+        self.c_proj = nn.Linear(C, C)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.scale = (1 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0) / (
+            layer_idx + 1 if config.scale_attn_by_inverse_layer_idx else 1)
+        self.upcast = config.reorder_and_upcast_attn
+        self.implementation = "sdpa"
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x, mask=None, is_causal=False, cache: KVCache | None = None, head_mask=None,
+                encoder_hidden_states=None, padding_mask=None, output_attentions=False):
+        B, T, C = x.shape
+        if self.is_cross_attention:
+            q = self.q_attn(x)
+            k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
+        dropout = self.attn_dropout.p if self.training else 0.0
+        probs = None
+        if output_attentions or head_mask is not None or self.implementation == "eager":
+            y, probs = eager_attention(q, k, v, mask, is_causal, self.scale, dropout, head_mask, self.upcast)
+        elif self.implementation == "flash_attention_2":
+            y = flash_attention(q, k, v, padding_mask, is_causal or (not self.is_cross_attention and T > 1),
+                                self.scale, dropout)
+        else:
+            y = sdpa_attention(q, k, v, mask, is_causal, self.scale, dropout, self.upcast)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), probs
+
+
+class MLP(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.inner_dim)
+        self.c_proj = nn.Linear(config.inner_dim, config.n_embd)
+        self.act = activation(config.activation_function)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)) [+ crossattention(ln_cross_attn(x))] + mlp(ln_2(x))."""
+
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        C, eps = config.n_embd, config.layer_norm_epsilon
+        self.ln_1 = nn.LayerNorm(C, eps=eps)
+        self.attn = Attention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(C, eps=eps)
+        if config.add_cross_attention:
+            self.crossattention = Attention(config, layer_idx, is_cross_attention=True)
+            self.ln_cross_attn = nn.LayerNorm(C, eps=eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, is_causal, cache, head_mask, encoder_hidden_states, encoder_mask, padding_mask,
+                encoder_padding_mask, output_attentions):
+        a, self_probs = self.attn(self.ln_1(x), mask, is_causal, cache, head_mask, padding_mask=padding_mask,
+                                  output_attentions=output_attentions)
+        x = x + a
+        cross_probs = None
+        if encoder_hidden_states is not None:
+            if not hasattr(self, "crossattention"):
+                raise ValueError("encoder_hidden_states given, but the model has no cross-attention "
+                                 "(config.add_cross_attention=False)")
+            a, cross_probs = self.crossattention(self.ln_cross_attn(x), encoder_mask, False, None, head_mask,
+                                                encoder_hidden_states, encoder_padding_mask, output_attentions)
+            x = x + a
+        return x + self.mlp(self.ln_2(x)), self_probs, cross_probs
+
+
+class GPT2Model(GPT2PreTrainedModel):
+    """The GPT-2 trunk: embeddings, n_layer blocks, final LayerNorm. transformers' GPT2Model forward arguments."""
+
+    def __init__(self, config, attn_implementation: str | None = None) -> None:
+        super().__init__(config)
+        C = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wpe = nn.Embedding(config.n_positions, C)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(C, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init(attn_implementation)
+
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
+                position_ids=None, head_mask=None, inputs_embeds=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputation in backward cannot append to a cache twice
+        cache = self._cache_from(past_key_values, use_cache)
+        past = cache.get_seq_length() if cache is not None else 0
+        # (B, num_choices, T) inputs (GPT2DoubleHeadsModel) run as (B * num_choices, T) and are shaped back.
+        input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
+        flat = lambda t: t.reshape(-1, t.shape[-1]) if t is not None and t.dim() > 2 else t  # noqa: E731
+        input_ids, token_type_ids, position_ids = flat(input_ids), flat(token_type_ids), flat(position_ids)
+        if attention_mask is not None and attention_mask.dim() == 3:
+            attention_mask = flat(attention_mask)
+        if inputs_embeds is not None and inputs_embeds.dim() > 3:
+            inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
+        inputs_embeds, B, T = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids,
+                                                 token_type_ids)
+        device = inputs_embeds.device
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)  # (1, T)
+        x = inputs_embeds + self.wpe(position_ids.view(-1, T))
+        if token_type_ids is not None:  # GPT-2 embeds token types with the token table, as transformers does
+            x = x + self.wte(token_type_ids.view(-1, T))
+        x = self.drop(x)
+
+        mask, is_causal, padding_mask = self._self_attention_mask(attention_mask, B, T, past, x.dtype, device)
+        encoder_mask = encoder_padding_mask = None
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            encoder_padding_mask = encoder_attention_mask.view(encoder_hidden_states.shape[0], -1)
+            encoder_mask = (1.0 - encoder_padding_mask[:, None, None, :].to(x.dtype)) * mask_value(x.dtype)
+        head_masks = self._head_masks(head_mask, x.dtype)
+
+        hidden_states = () if output_hidden_states else None
+        attentions = () if output_attentions else None
+        cross_attentions = () if output_attentions and config.add_cross_attention else None
+        for i, block in enumerate(self.h):
+            if output_hidden_states:
+                hidden_states += (x,)
+            args = (x, mask, is_causal, cache, head_masks[i], encoder_hidden_states, encoder_mask, padding_mask,
+                    encoder_padding_mask, output_attentions)
+            if self.gradient_checkpointing and self.training:
+                x, self_probs, cross_probs = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x, self_probs, cross_probs = block(*args)
+            if output_attentions:
+                attentions += (self_probs,)
+                if cross_attentions is not None:
+                    cross_attentions += (cross_probs,)
+        if cache is not None:
+            cache.advance(T)
+        x = self.ln_f(x).view(*input_shape, x.shape[-1])
+        if output_hidden_states:
+            hidden_states += (x,)
+        out = BaseModelOutputWithPastAndCrossAttentions(x, cache, hidden_states, attentions, cross_attentions)
+        return out if return_dict else out.to_tuple()
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def _cache_from(self, past_key_values, use_cache: bool) -> KVCache | None:
+        if past_key_values is None:
+            return KVCache() if use_cache else None
+        if isinstance(past_key_values, KVCache):
+            return past_key_values
+        if isinstance(past_key_values, (tuple, list)):
+            return KVCache.from_legacy_cache(past_key_values)
+        raise TypeError(f"past_key_values must be a KVCache or transformers' tuple format, got "
+                        f"{type(past_key_values).__name__}")
+
+    def _check_inputs(self, input_ids, inputs_embeds, past: int, attention_mask, position_ids, token_type_ids):
+        """Validate once, at the boundary; returns (inputs_embeds, B, T)."""
+        V, P = self.config.vocab_size, self.config.n_positions
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+            _check_range(input_ids, V, "input_ids", "the vocabulary")
+            inputs_embeds = self.wte(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.n_embd:
+            raise ValueError(f"inputs_embeds must be (B, T, {self.config.n_embd}), got {tuple(inputs_embeds.shape)}")
+        B, T = inputs_embeds.shape[:2]
+        if position_ids is None and past + T > P:
+            raise ValueError(f"{past + T} positions ({past} cached + {T} new) exceed n_positions={P}: GPT-2 has "
+                             f"no position embedding beyond {P - 1}")
+        if position_ids is not None:
+            if position_ids.shape[-1] != T:
+                raise ValueError(f"position_ids has length {position_ids.shape[-1]}, input has {T}")
+            _check_range(position_ids, P, "position_ids", f"the position table (n_positions={P})")
+        if token_type_ids is not None:
+            if token_type_ids.shape[-1] != T:
+                raise ValueError(f"token_type_ids has length {token_type_ids.shape[-1]}, input has {T}")
+            _check_range(token_type_ids, V, "token_type_ids", "the vocabulary")
+        if attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, cached + "
+                             f"new tokens) = ({B}, {past + T})")
+        return inputs_embeds, B, T
+
+    def _self_attention_mask(self, attention_mask, B, T, past, dtype, device):
+        """(additive mask or None, is_causal, 2-D padding mask or None) for the self-attention of this step."""
+        S = past + T
+        if attention_mask is not None and attention_mask.dim() == 4:  # a ready additive mask, as transformers
+            return attention_mask.to(dtype), False, None
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        if attention_mask is None and (T == 1 or past == 0):
+            return None, T > 1, None  # one new token sees everything; a fresh sequence is plainly causal
+        causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past)  # (T, S): query i sees keys <= past+i
+        mask = torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~causal, mask_value(dtype))  # (T, S)
+        if attention_mask is not None:
+            # Padding keys get half the mask value: a real query sees neither, but a padding query (all its keys
+            # padding) spreads evenly over the keys before it, exactly as transformers' (causal, then padding)
+            # masks give. Finite either way: no NaN.
+            padding = ~attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+            mask = torch.where(padding & causal, mask_value(dtype) / 2, mask)  # (B, 1, T, S)
+        return mask, False, attention_mask
+
+    def _head_masks(self, head_mask, dtype):
+        """transformers' head_mask ((n_head,) or (n_layer, n_head); 1 keeps a head) -> per layer (1, nh, 1, 1)."""
+        L, H = self.config.n_layer, self.config.n_head
+        if head_mask is None:
+            return [None] * L
+        if head_mask.shape == (H,):
+            head_mask = head_mask.expand(L, H)
+        if head_mask.shape != (L, H):
+            raise ValueError(f"head_mask must have shape ({H},) or ({L}, {H}), got {tuple(head_mask.shape)}")
+        return [m.to(dtype).view(1, H, 1, 1) for m in head_mask]
+
+
+def _check_range(ids: torch.Tensor, size: int, name: str, what: str) -> None:
+    """Embedding gathers crash (CPU) or read garbage (CUDA) on bad ids: refuse them with the offending value."""
+    if ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds {bad}, outside {what} (0..{size - 1})")

@@ -1,0 +1,268 @@
+"""Canonical arrays <-> this framework's parameters, and the model base class that loads and saves them.
+
+The canonical form (gpt2/common/checkpoint.py) has transformers' PyTorch names and Conv1D layout [in, out]; our
+projections are ``nn.Linear`` ([out, in]), so those weights are transposed here and nowhere else. Everything else
+is a rename: a bare GPT2Model's parameter ``wte.weight`` is ``transformer.wte.weight``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..common.checkpoint import load_checkpoint, save_checkpoint
+from ..common.config import GPT2Config
+
+_CONV = re.compile(r"\.h\.\d+\.(attn|crossattention|mlp)\.(c_attn|q_attn|c_proj|c_fc)\.weight$")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def to_torch(array: np.ndarray) -> torch.Tensor:
+    if array.dtype.name == "bfloat16":  # numpy's bfloat16 (ml_dtypes) has no torch twin: reinterpret the bits
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+    with warnings.catch_warnings():  # read-only (memory-mapped) arrays are only read here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def resolve_dtype(dtype, config: GPT2Config, state: dict[str, np.ndarray]) -> torch.dtype:
+    """torch_dtype / dtype argument -> torch dtype: None is float32, "auto" is the checkpoint's."""
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        dtype = config.dtype or state["transformer.wte.weight"].dtype.name
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in _DTYPES:
+            raise ValueError(f"torch_dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
+        return _DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise TypeError(f"torch_dtype must be a torch floating dtype or a name, got {dtype!r}")
+
+
+class GPT2PreTrainedModel(nn.Module):
+    """Base of every model class: config, weight init, from_pretrained / save_pretrained, embeddings utilities."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        if not isinstance(config, GPT2Config):
+            raise TypeError(f"config must be a GPT2Config, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+
+    # -- set-up -----------------------------------------------------------------------------------------------------
+    def post_init(self, attn_implementation: str | None = None) -> None:
+        self.apply(self._init_weights)
+        self.set_attn_implementation(attn_implementation or "sdpa")
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' GPT-2 init: N(0, initializer_range), residual projections scaled by 1/sqrt(2 n_layer)."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        for name, child in module.named_children():  # GPT-2 paper: scale the residual projections' init
+            if name == "c_proj" and isinstance(child, nn.Linear):
+                nn.init.normal_(child.weight, mean=0.0, std=std / (2 * self.config.n_layer) ** 0.5)
+
+    def set_attn_implementation(self, name: str) -> None:
+        """"eager", "sdpa" (default) or "flash_attention_2" (needs flash-attn and CUDA)."""
+        from .attention import IMPLEMENTATIONS, check_flash_available
+
+        if name not in IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {name!r}")
+        if name == "flash_attention_2":
+            check_flash_available()
+        for module in self.modules():
+            if hasattr(module, "implementation") and hasattr(module, "c_attn"):
+                module.implementation = name
+        self.attn_implementation = name
+
+    @property
+    def trunk(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    # -- embeddings -------------------------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.trunk.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.trunk.wte = value
+        self.tie_weights()
+
+    def get_output_embeddings(self):
+        return getattr(self, "lm_head", None)
+
+    def tie_weights(self) -> None:
+        head = self.get_output_embeddings()
+        if head is not None and self.config.tie_word_embeddings:
+            head.weight = self.trunk.wte.weight
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None):
+        """Grow or shrink the token table (and an untied lm_head); new rows get the init. Returns the table."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        size = new_num_tokens if new_num_tokens is not None else old.num_embeddings
+        if pad_to_multiple_of:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        new = nn.Embedding(size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(new)
+        keep = min(size, old.num_embeddings)
+        with torch.no_grad():
+            new.weight[:keep] = old.weight[:keep]
+        self.trunk.wte = new
+        head = self.get_output_embeddings()
+        if head is not None and not self.config.tie_word_embeddings:
+            new_head = nn.Linear(head.in_features, size, bias=False, device=head.weight.device,
+                                 dtype=head.weight.dtype)
+            self._init_weights(new_head)
+            with torch.no_grad():
+                new_head.weight[:keep] = head.weight[:keep]
+            self.lm_head = new_head
+        self.config.vocab_size = size
+        self.tie_weights()
+        return new
+
+    # -- training utilities -----------------------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each block's activations in backward instead of storing them (less memory, ~30% slower)."""
+        self.trunk.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.trunk.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.trunk.gradient_checkpointing
+
+    # -- canonical state --------------------------------------------------------------------------------------------
+    def _canonical_name(self, name: str) -> str:
+        return name if self.trunk is not self else f"transformer.{name}"
+
+    def state_to_canonical(self) -> dict[str, np.ndarray]:
+        """The model's weights in the canonical form (a tied lm_head is left out, as in transformers' files)."""
+        state = {}
+        tied = self.config.tie_word_embeddings
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight" and tied:
+                continue
+            cname = self._canonical_name(name)
+            array = to_numpy(tensor.t() if _CONV.search(cname) else tensor)
+            state[cname] = np.ascontiguousarray(array)
+        return state
+
+    def load_canonical(self, state: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+        """Copy canonical arrays into the parameters; returns (missing parameter names, unused canonical names)."""
+        params = self.state_dict(keep_vars=True)
+        used, missing = set(), []
+        tied = self.config.tie_word_embeddings
+        with torch.no_grad():
+            for name, param in params.items():
+                if name == "lm_head.weight" and tied:
+                    continue
+                cname = self._canonical_name(name)
+                if cname not in state:
+                    missing.append(name)
+                    continue
+                tensor = to_torch(state[cname])
+                tensor = tensor.t() if _CONV.search(cname) else tensor
+                if tuple(tensor.shape) != tuple(param.shape):
+                    raise ValueError(f"tensor {cname!r}: checkpoint shape {tuple(tensor.shape)}, model expects "
+                                     f"{tuple(param.shape)}")
+                param.copy_(tensor)
+                used.add(cname)
+        self.tie_weights()
+        return missing, sorted(set(state) - used)
+
+    # -- files ------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, config: GPT2Config | None = None, torch_dtype=None,
+                        dtype=None, attn_implementation: str | None = None, device=None, device_map=None,
+                        revision: str | None = None, cache_dir=None, local_files_only: bool = False,
+                        **config_overrides):
+        """Load any checkpoint format (safetensors, pytorch_model.bin, tf_model.h5, flax_model.msgpack, OpenAI's).
+
+        ``torch_dtype`` (or ``dtype``): None (float32), "auto" (the checkpoint's), a name or a torch dtype.
+        ``device`` / ``device_map``: one device ("cpu", "cuda", "cuda:1", "auto" = CUDA when available).
+        Head weights the checkpoint lacks are initialised and reported with a warning, as transformers does.
+        """
+        name = pretrained_model_name_or_path
+        if config is None:
+            config = GPT2Config.from_pretrained(name, revision=revision, cache_dir=cache_dir,
+                                                local_files_only=local_files_only, **config_overrides)
+        elif config_overrides:
+            config = GPT2Config.from_dict(config.to_dict(), **config_overrides)
+        state, _ = load_checkpoint(name, config, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only)
+        target_dtype = resolve_dtype(torch_dtype if dtype is None else dtype, config, state)
+        target_device = _resolve_device(device if device is not None else device_map)
+        with torch.device("meta"):
+            model = cls(config, attn_implementation=attn_implementation)
+        model = model.to_empty(device=target_device).to(target_dtype)
+        model.tie_weights()
+        missing, unused = model.load_canonical(state)
+        if missing:
+            modules = {n.rsplit(".", 1)[0] for n in missing}
+            for module_name in sorted(modules):
+                model._init_weights(model.get_submodule(module_name))
+            warnings.warn(f"{cls.__name__}: weights not in the checkpoint at {name!s}, newly initialised (train "
+                          f"them before use): {', '.join(missing)}", stacklevel=2)
+        if unused:
+            warnings.warn(f"{cls.__name__}: checkpoint tensors this class does not use: {', '.join(unused)}",
+                          stacklevel=2)
+        model.eval()  # as transformers: a loaded model starts in inference mode
+        return model
+
+    def save_pretrained(self, save_directory, safe_serialization: bool = True,
+                        max_shard_size: int | str | None = "5GB") -> None:
+        """Write config.json and model.safetensors (or pytorch_model.bin) that transformers loads."""
+        config = self.config.copy()
+        config.dtype = str(self.dtype).removeprefix("torch.")
+        save_checkpoint(self.state_to_canonical(), Path(save_directory), config,
+                        format="safetensors" if safe_serialization else "pytorch", max_shard_size=max_shard_size,
+                        architecture=type(self).__name__)
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, dict):
+        raise ValueError("device_map as a dict (model parallel) is not supported; give one device such as 'cuda'")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
