@@ -157,6 +157,8 @@ class GPT2Model(GPT2PreTrainedModel):
             use_cache = False  # recomputation in backward cannot append to a cache twice
         cache = self._cache_from(past_key_values, use_cache)
         past = cache.get_seq_length() if cache is not None else 0
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
         # (B, num_choices, T) inputs (GPT2DoubleHeadsModel) run as (B * num_choices, T) and are shaped back.
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
         flat = lambda t: t.reshape(-1, t.shape[-1]) if t is not None and t.dim() > 2 else t  # noqa: E731
@@ -220,8 +222,6 @@ class GPT2Model(GPT2PreTrainedModel):
     def _check_inputs(self, input_ids, inputs_embeds, past: int, attention_mask, position_ids, token_type_ids):
         """Validate once, at the boundary; returns (inputs_embeds, B, T)."""
         V, P = self.config.vocab_size, self.config.n_positions
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
         if input_ids is not None:
             if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
                 raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
