@@ -24,6 +24,14 @@ _LAZY = {
     "GPT2TokenizerFast": "gpt2.common.tokenizer_fast",
     "AddedToken": "gpt2.common.tokens",
     "BatchEncoding": "gpt2.common.encoding",
+    "GenerationConfig": "gpt2.common.generation",
+    # PyTorch classes (importing one of these imports torch)
+    "GPT2Model": "gpt2.torch",
+    "GPT2LMHeadModel": "gpt2.torch",
+    "GPT2DoubleHeadsModel": "gpt2.torch",
+    "GPT2ForSequenceClassification": "gpt2.torch",
+    "GPT2ForTokenClassification": "gpt2.torch",
+    "GPT2ForQuestionAnswering": "gpt2.torch",
 }
 
 __all__ = sorted(_LAZY)
