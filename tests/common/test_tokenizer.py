@@ -283,3 +283,11 @@ def test_return_tensors_for_a_missing_framework(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # what an absent package looks like to import
     with pytest.raises(ImportError, match=r"gpt2\[torch\]"):
         ours("fast")("hello", return_tensors="pt")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_setting_an_unknown_special_token_adds_it(kind):
+    tok = ours(kind)
+    tok.pad_token = "[PAD]"
+    assert (len(tok), tok.pad_token_id) == (50258, 50257)
+    assert tok("x [PAD]")["input_ids"] == [87, 220, 50257]
