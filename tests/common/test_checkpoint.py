@@ -194,7 +194,12 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 
     import safetensors.numpy
 
-    monkeypatch.setattr(safetensors.numpy, "save", lambda *a, **k: b"partial" + boom())
+    def partial_then_boom(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        boom()
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", partial_then_boom)
     with pytest.raises(RuntimeError):
         save_checkpoint(random_state(config, seed=1), tmp_path, config)
     assert (tmp_path / "model.safetensors").read_bytes() == before

@@ -33,10 +33,10 @@ def _read_file(path: Path):
 
 
 def _write_file(state: dict[str, np.ndarray], path: Path) -> None:
-    from safetensors.numpy import save
+    from safetensors.numpy import save_file
 
-    data = save({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata={"format": "pt"})
-    files.write_bytes(path, data)
+    with files.atomic_path(path) as tmp:  # written straight to disk: no whole-file buffer in memory
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
 
 
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:

@@ -46,9 +46,11 @@ def _to_numpy(tensor, torch) -> np.ndarray:
 
 def _from_numpy(array: np.ndarray, torch):
     array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # torch.from_numpy wants a writable buffer; share it otherwise (no copy)
+        array = array.copy()
     if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(array.copy())
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _read_file(path: Path):
