@@ -317,12 +317,23 @@ class TokenizerBase:
             spans = [(min(a, length), min(b, length)) for a, b in _unshift(spans, 0)]
         return ids, spans
 
+    def _encode_ids(self, text: str) -> list[int]:
+        """Ids only, the hot path: straight to the engine when the text holds no added token (the engines replace
+        lone surrogates themselves, as tiktoken does)."""
+        if type(text) is not str and not isinstance(text, str):
+            raise TypeError(f"text must be a str (or a list of str), got {type(text).__name__}")
+        if not self.add_prefix_space and not self.added.search(text):
+            return self.bpe.encode_ordinary(text)
+        return self._encode_text(text)[0]
+
     def tokenize(self, text: str) -> list[str]:
         """The token strings of ``text`` (byte-level symbols, e.g. 'Ġworld'), as transformers' tokenize()."""
         return self.convert_ids_to_tokens(self._encode_text(text)[0])
 
     def _encode_batch(self, texts: list[str], offsets: bool) -> list[tuple[list[int], Any]]:
-        return [self._encode_text(t, offsets) for t in texts]
+        if offsets:
+            return [self._encode_text(t, True) for t in texts]
+        return [(self._encode_ids(t), None) for t in texts]
 
     def __call__(
         self,
@@ -343,6 +354,13 @@ class TokenizerBase:
         return_length: bool = False,
     ) -> BatchEncoding:
         """Tokenize one text or a batch (and optional pairs) into model inputs, as transformers' tokenizers do."""
+        if (type(text) is str and text_pair is None and padding is False and truncation is None and max_length is None
+                and return_tensors is None and not (return_token_type_ids or return_special_tokens_mask
+                                                    or return_offsets_mapping or return_length)
+                and return_attention_mask is None and not (add_special_tokens and self.add_bos_token)
+                and "token_type_ids" not in self.model_input_names):
+            ids = self._encode_ids(text)  # the plain call on one text, kept cheap
+            return BatchEncoding(input_ids=ids, attention_mask=[1] * len(ids))
         batched = isinstance(text, (list, tuple)) and (
             not is_split_into_words or (len(text) > 0 and isinstance(text[0], (list, tuple))))
         texts = list(text) if batched else [text]
@@ -365,29 +383,29 @@ class TokenizerBase:
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 0):
             raise ValueError(f"max_length must be a non-negative integer, got {max_length!r}")
+        wants = {
+            "token_type_ids": return_token_type_ids if return_token_type_ids is not None
+            else "token_type_ids" in self.model_input_names,
+            "attention_mask": return_attention_mask if return_attention_mask is not None
+            else "attention_mask" in self.model_input_names,
+            "special_tokens_mask": return_special_tokens_mask,
+            "offset_mapping": return_offsets_mapping,
+        }
         encoded = self._encode_batch(texts, return_offsets_mapping)
         encoded_pairs = self._encode_batch(pairs, return_offsets_mapping) if pairs is not None else None
         rows = []
         for i, (ids, spans) in enumerate(encoded):
             pair_ids, pair_spans = encoded_pairs[i] if encoded_pairs is not None else (None, None)
             rows.append(self._build_row(ids, spans, pair_ids, pair_spans, add_special_tokens, trunc, max_length,
-                                        return_offsets_mapping))
+                                        wants))
         lengths = [len(r["input_ids"]) for r in rows]
         pad_rows(rows, pad, max_length, pad_to_multiple_of, side, self.pad_token_id)
         if self._length_counts_padding:
             lengths = [len(r["input_ids"]) for r in rows]
-        wants = {
-            "attention_mask": return_attention_mask if return_attention_mask is not None
-            else "attention_mask" in self.model_input_names,
-            "token_type_ids": return_token_type_ids if return_token_type_ids is not None
-            else "token_type_ids" in self.model_input_names,
-            "special_tokens_mask": return_special_tokens_mask,
-            "offset_mapping": return_offsets_mapping,
-        }
         out = BatchEncoding()
         # A single text gives flat lists, or tensors with a batch axis of 1 when tensors are asked for.
         keep_batch = batched or return_tensors is not None
-        for key in ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping"):
+        for key in ("input_ids", *wants):
             if key == "input_ids" or wants[key]:
                 values = [r[key] for r in rows]
                 out[key] = values if keep_batch else values[0]
@@ -402,8 +420,19 @@ class TokenizerBase:
             raise ValueError("is_split_into_words=True needs a tokenizer made with add_prefix_space=True")
         return " ".join(words)
 
-    def _build_row(self, ids, spans, pair_ids, pair_spans, add_special, trunc, max_length, want_offsets) -> dict:
+    def _build_row(self, ids, spans, pair_ids, pair_spans, add_special, trunc, max_length, wants) -> dict:
+        """One row of the batch: the ids (with special tokens, truncated) and the lists ``wants`` asks for."""
+        want_offsets = wants["offset_mapping"]
         bos = [self.bos_token_id] if (add_special and self.add_bos_token and self.bos_token_id is not None) else []
+        if not bos and pair_ids is None and not want_offsets and (trunc == "do_not_truncate" or max_length is None
+                                                                   or len(ids) <= max_length):
+            n = len(ids)  # the common case, kept cheap: one text, nothing to add or cut
+            row = {"input_ids": ids, "attention_mask": [1] * n}
+            if wants["token_type_ids"]:
+                row["token_type_ids"] = [0] * n
+            if wants["special_tokens_mask"]:
+                row["special_tokens_mask"] = [0] * n
+            return row
         mid = bos if self._bos_before_pair else []
         n_special = len(bos) + (len(mid) if pair_ids is not None else 0)
         first = list(zip(ids, spans)) if want_offsets else ids
@@ -436,6 +465,9 @@ class TokenizerBase:
         """The ids of one text (a list, or a tensor when ``return_tensors`` is given)."""
         if isinstance(text, (list, tuple)) and not kwargs.get("is_split_into_words"):
             raise TypeError("encode takes one text; call the tokenizer on a list for a batch")
+        if (text_pair is None and not padding and max_length is None and truncation in (None, False)
+                and return_tensors is None and not kwargs and not (add_special_tokens and self.add_bos_token)):
+            return self._encode_ids(text)  # the plain case, without building a BatchEncoding
         out = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                    max_length=max_length, **kwargs)["input_ids"]
         return to_tensor([out], return_tensors) if return_tensors is not None else out

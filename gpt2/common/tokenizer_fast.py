@@ -17,8 +17,14 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import regex
+
 from .bpe import PRETOKENIZE_PATTERN, bytes_to_unicode
 from .tokenizer import ENDOFTEXT, TokenizerBase, _python_engine, is_openai_vocabulary
+
+_LONG_RUN = 100_000
+_PARALLEL_CHARS = 200_000  # below this much text a batch is encoded in this thread
+_LONG_WHITESPACE = regex.compile(r"\s{%d}" % _LONG_RUN)
 
 
 class TiktokenBPE:
@@ -27,6 +33,7 @@ class TiktokenBPE:
     def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]]) -> None:
         import tiktoken
 
+        self._encoder, self._merges = encoder, merges
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
         ranks = {bytes(byte_of[c] for c in token): index for token, index in encoder.items() if token != ENDOFTEXT}
         self._bytes = {index: data for data, index in ranks.items()}
@@ -34,10 +41,21 @@ class TiktokenBPE:
         specials = {token: index for token, index in encoder.items() if token == ENDOFTEXT}
         self._enc = tiktoken.Encoding("gpt2-local", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks,
                                       special_tokens=specials)  # only for decoding: encode_ordinary ignores them
-        self.encode_ordinary = self._enc.encode_ordinary  # bound directly: this is the hot path
+        # tiktoken's core, called without the Encoding wrapper: this is the hot path (public method as fallback).
+        self._core_encode = getattr(getattr(self._enc, "_core_bpe", None), "encode_ordinary", self._enc.encode_ordinary)
+        self._python = None  # the pure-Python engine, made on first need
 
-    def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._enc.encode_ordinary_batch(texts)
+    def encode_ordinary(self, text: str) -> list[int]:
+        # tiktoken's regex engine overflows its backtracking stack on a run of about a million whitespace
+        # characters (a Rust panic, not an exception); such rare texts go to the Python engine, same ids.
+        if len(text) >= _LONG_RUN and _LONG_WHITESPACE.search(text):
+            if self._python is None:
+                self._python = _python_engine(self._encoder, self._merges)
+            return self._python.encode_ordinary(text)
+        try:
+            return self._core_encode(text)
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as tiktoken's own wrapper does
+            return self._core_encode(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
 
     def token_bytes(self, index: int) -> bytes:
         return self._bytes[index]
@@ -74,7 +92,21 @@ class GPT2TokenizerFast(TokenizerBase):
     _spaces_around_added = False
 
     def _encode_batch(self, texts, offsets):
-        if len(texts) < 2 or self._threads == 1:
+        """Big batches run on threads, in one chunk per thread (per-text tasks cost more than they save)."""
+        total = sum(len(t) for t in texts if isinstance(t, str))
+        if len(texts) < 2 or self._threads == 1 or total < _PARALLEL_CHARS:
             return super()._encode_batch(texts, offsets)
-        with ThreadPoolExecutor(self._threads) as pool:
-            return list(pool.map(lambda t: self._encode_text(t, offsets), texts))
+        if self.__dict__.get("_pool") is None:
+            self._pool = ThreadPoolExecutor(self._threads)
+        n = -(-len(texts) // self._threads)
+        chunks = [texts[i:i + n] for i in range(0, len(texts), n)]
+        parts = self._pool.map(lambda chunk: TokenizerBase._encode_batch(self, chunk, offsets), chunks)
+        return [row for part in parts for row in part]
+
+    def __getstate__(self):  # picklable for DataLoader workers: the thread pool is not carried
+        state = dict(self.__dict__)
+        state.pop("_pool", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)

@@ -84,18 +84,31 @@ class AddedVocabulary:
         self.register(token, len(self.base) + len(self.new_ids))
         return 1
 
+    def _compiled(self) -> regex.Pattern:
+        if self._pattern is None:
+            contents = sorted(self.encoder, key=len, reverse=True)  # longest first: the longest match wins
+            self._pattern = regex.compile("|".join(regex.escape(c) for c in contents))
+        return self._pattern
+
+    def search(self, text: str) -> bool:
+        """Whether ``text`` holds any added token. The common answer is no; for a few tokens, substring tests are
+        cheaper than a regex scan."""
+        if len(self.encoder) <= 4:
+            for content in self.encoder:
+                if content in text:
+                    return True
+            return False
+        return self._compiled().search(text) is not None
+
     def split(self, text: str) -> Iterator[tuple[int, int, int | None]]:
         """(start, end, id) for each added token in ``text`` and (start, end, None) for the text between them."""
         if not self.encoder:
             if text:
                 yield 0, len(text), None
             return
-        if self._pattern is None:
-            contents = sorted(self.encoder, key=len, reverse=True)
-            self._pattern = regex.compile("|".join(regex.escape(c) for c in contents))
         pos = 0
         pending: tuple[int, int] | None = None  # a text span whose end an lstrip token may still pull back
-        for match in self._pattern.finditer(text):
+        for match in self._compiled().finditer(text):
             token = self.decoder[self.encoder[match.group()]]
             start, end = match.span()
             if token.single_word and (_is_word(text, start - 1) or _is_word(text, end)):
