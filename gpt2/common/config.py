@@ -283,17 +283,7 @@ class GPT2Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "GPT2Config":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no config file at {str(path)!r}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a valid JSON config file ({e})") from None
-        try:
-            return cls.from_dict(data, **overrides)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        return files.from_json_file(cls, path, "JSON config file", overrides)
 
     # -- folders ----------------------------------------------------------------------------------------------------
     @classmethod

@@ -7,6 +7,7 @@ one that a later load would half-read.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,6 +35,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    """Parse a JSON file; FileNotFoundError / ValueError naming the file (and ``what`` it should have been)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {str(path)!r}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid {what} ({e})") from None
+
+
+def from_json_file(cls, path: str | os.PathLike, what: str, overrides: dict):
+    """``cls.from_dict(<the file>, **overrides)``, with any error naming the file."""
+    data = read_json(path, what)
+    try:
+        return cls.from_dict(data, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -272,15 +272,7 @@ class GenerationConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "GenerationConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a valid JSON generation config ({e})") from None
-        try:
-            return cls.from_dict(data, **overrides)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        return files.from_json_file(cls, path, "JSON generation config", overrides)
 
     @classmethod
     def from_model_config(cls, model_config: GPT2Config) -> "GenerationConfig":

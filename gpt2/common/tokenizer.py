@@ -18,14 +18,13 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import regex
 
-from . import files, hub
+from . import files
 from .bpe import ByteLevelBPE, bytes_to_unicode, read_vocab
 from .encoding import BatchEncoding, char_offsets, pad_rows, padding_strategy, to_tensor, truncate_pair, truncation_strategy
 from .tokens import AddedToken, AddedVocabulary

@@ -22,7 +22,7 @@ import regex
 from .bpe import PRETOKENIZE_PATTERN, bytes_to_unicode
 from .tokenizer import ENDOFTEXT, TokenizerBase, _python_engine, is_openai_vocabulary
 
-_LONG_RUN = 100_000
+_LONG_RUN = 500_000  # tiktoken panics from a run of 999_999 whitespace characters on
 _PARALLEL_CHARS = 200_000  # below this much text a batch is encoded in this thread
 _LONG_WHITESPACE = regex.compile(r"\s{%d}" % _LONG_RUN)
 
@@ -47,15 +47,24 @@ class TiktokenBPE:
 
     def encode_ordinary(self, text: str) -> list[int]:
         # tiktoken's regex engine overflows its backtracking stack on a run of about a million whitespace
-        # characters (a Rust panic, not an exception); such rare texts go to the Python engine, same ids.
-        if len(text) >= _LONG_RUN and _LONG_WHITESPACE.search(text):
-            if self._python is None:
-                self._python = _python_engine(self._encoder, self._merges)
-            return self._python.encode_ordinary(text)
+        # characters (a Rust panic, raised as pyo3's PanicException, a BaseException); such rare texts go to the
+        # Python engine, same ids. A cheap count spots them first; a panic anyway (a run of rare whitespace
+        # characters the count does not look for) is caught too.
+        if len(text) >= _LONG_RUN and sum(map(text.count, " \n\t\r")) >= _LONG_RUN and _LONG_WHITESPACE.search(text):
+            return self._python_engine().encode_ordinary(text)
         try:
             return self._core_encode(text)
         except UnicodeEncodeError:  # lone surrogates: U+FFFD, as tiktoken's own wrapper does
-            return self._core_encode(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+            return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+        except BaseException as e:
+            if type(e).__name__ != "PanicException":
+                raise
+            return self._python_engine().encode_ordinary(text)
+
+    def _python_engine(self):
+        if self._python is None:
+            self._python = _python_engine(self._encoder, self._merges)
+        return self._python
 
     def token_bytes(self, index: int) -> bytes:
         return self._bytes[index]

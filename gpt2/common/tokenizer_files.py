@@ -7,24 +7,16 @@ the package, with the presets' model_max_length of 1024.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from . import hub
+from . import files, hub
 from .tokens import AddedToken
 
 _SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _PLAIN = ("add_bos_token", "add_prefix_space", "errors", "model_max_length", "padding_side", "truncation_side",
           "clean_up_tokenization_spaces")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON file ({e})") from None
 
 
 def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None,
@@ -49,7 +41,7 @@ def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cac
         )
     kwargs.update(vocab_file=vocab, merges_file=merges)
     config_path = find("tokenizer_config.json")
-    config = _read_json(config_path) if config_path is not None else {}
+    config = files.read_json(config_path) if config_path is not None else {}
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
     for key in _PLAIN:
@@ -60,7 +52,7 @@ def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cac
         specials = {k: AddedToken.from_dict(config[k], special=True) for k in _SPECIALS if config.get(k) is not None}
         map_path = find("special_tokens_map.json")
         if map_path is not None:
-            for key, value in _read_json(map_path).items():
+            for key, value in files.read_json(map_path).items():
                 if key in _SPECIALS and key not in specials and value is not None:
                     specials[key] = AddedToken.from_dict(value, special=True)
                 elif key == "additional_special_tokens" and "additional_special_tokens" not in config:
@@ -71,7 +63,7 @@ def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cac
     added_path = find("added_tokens.json")
     if not decoder and added_path is not None:
         special_contents = {t.content for t in specials.values()}
-        decoder = {int(i): AddedToken(c, special=c in special_contents) for c, i in _read_json(added_path).items()}
+        decoder = {int(i): AddedToken(c, special=c in special_contents) for c, i in files.read_json(added_path).items()}
     kwargs.update(specials)
     kwargs["additional_special_tokens"] = additional
     kwargs["added_tokens_decoder"] = decoder
