@@ -5,6 +5,7 @@
 """
 
 from .cache import KVCache
+from .generation import BaseStreamer, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput, TextStreamer
 from .heads import (
     GPT2DoubleHeadsModel,
     GPT2ForQuestionAnswering,
@@ -17,5 +18,6 @@ from .weights import GPT2PreTrainedModel
 
 __all__ = [
     "GPT2DoubleHeadsModel", "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
-    "GPT2LMHeadModel", "GPT2Model", "GPT2PreTrainedModel", "KVCache",
+    "GPT2LMHeadModel", "GPT2Model", "GPT2PreTrainedModel", "KVCache", "TextStreamer", "BaseStreamer",
+    "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
 ]

@@ -18,6 +18,7 @@ from ..common.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
+from .generation import GenerationMixin
 from .model import GPT2Model
 from .weights import GPT2PreTrainedModel
 
@@ -40,7 +41,7 @@ def _trunk_args(input_ids, past_key_values, attention_mask, token_type_ids, posi
                 output_hidden_states=output_hidden_states, return_dict=True, **extra)
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with the language-model head (tied to wte unless config.tie_word_embeddings is False)."""
 
     def __init__(self, config, attn_implementation: str | None = None) -> None:
@@ -102,7 +103,7 @@ class SequenceSummary(nn.Module):
         return self.last_dropout(self.activation(self.summary(self.first_dropout(x))))
 
 
-class GPT2DoubleHeadsModel(GPT2PreTrainedModel):
+class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
     """GPT-2 with the LM head and a multiple-choice head over (B, num_choices, T) inputs."""
 
     def __init__(self, config, attn_implementation: str | None = None) -> None:

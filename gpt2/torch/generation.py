@@ -1,0 +1,390 @@
+"""generate() for the PyTorch models: greedy, sampling and beam search, token for token as transformers 4.57.
+
+>>> import torch
+>>> from gpt2.torch import GPT2LMHeadModel
+>>> model = GPT2LMHeadModel.from_pretrained("gpt2")
+>>> ids = model.generate(prompt_ids, max_new_tokens=20)                                      # greedy
+>>> ids = model.generate(prompt_ids, max_new_tokens=20, do_sample=True, top_p=0.9,
+...                      generator=torch.Generator().manual_seed(0))                         # reproducible sampling
+>>> out = model.generate(prompt_ids, num_beams=4, return_dict_in_generate=True, output_scores=True)
+
+The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
+with, how beams are scored and finalized -- are transformers 4.57's (``GenerationMixin._get_logits_processor``,
+``_sample``, ``_beam_search``); the options are the fields of ``gpt2.common.generation.GenerationConfig``.
+What is ours is the plumbing: one static KV cache allocated for the whole run, logits of the last position only,
+ids written into a preallocated (B, max_length) tensor, ``torch.inference_mode``. docs/generation.md has the rest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..common import hub
+from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, GenerationConfig, eos_ids, merge,
+                                 resolve_lengths)
+from ..common.outputs import ModelOutput
+from .cache import KVCache
+from .logits_process import logits_processors, run_processors
+
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """Greedy / sampling result (transformers' class and field names); scores and logits: one (B, V) per step."""
+
+    sequences: Any = None
+    scores: Any = None
+    logits: Any = None
+    attentions: Any = None
+    hidden_states: Any = None
+    past_key_values: Any = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """Beam search result; sequences_scores (with output_scores) are the length-penalised beam scores."""
+
+    sequences: Any = None
+    sequences_scores: Any = None
+    scores: Any = None
+    logits: Any = None
+    beam_indices: Any = None
+    attentions: Any = None
+    hidden_states: Any = None
+    past_key_values: Any = None
+
+
+# -- streamers ------------------------------------------------------------------------------------------------------
+class BaseStreamer:
+    """What generate() calls: ``put(ids)`` with the prompt (B, T), then with each step's tokens (B,); ``end()``."""
+
+    def put(self, value: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        raise NotImplementedError
+
+
+class TextStreamer(BaseStreamer):
+    """Print the text as it is generated (batch size 1), a word at a time, as transformers' TextStreamer.
+
+    The text is decoded from all tokens since the last newline and printed up to its last space (a word may still
+    change with the next token); a newline, a CJK character or ``end()`` flushes it.
+
+    >>> model.generate(ids, max_new_tokens=30, streamer=TextStreamer(tokenizer, skip_prompt=True))
+    """
+
+    def __init__(self, tokenizer, skip_prompt: bool = False, **decode_kwargs) -> None:
+        self.tokenizer, self.skip_prompt, self.decode_kwargs = tokenizer, skip_prompt, decode_kwargs
+        self.token_cache: list[int] = []
+        self.print_len = 0
+        self.next_tokens_are_prompt = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() > 1 and value.shape[0] > 1:
+            raise ValueError("TextStreamer only supports batch size 1")
+        value = value[0] if value.dim() > 1 else value
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\n"):
+            printable, self.token_cache, self.print_len = text[self.print_len:], [], 0
+        elif text and _is_cjk(ord(text[-1])):
+            printable = text[self.print_len:]
+            self.print_len += len(printable)
+        else:
+            printable = text[self.print_len: text.rfind(" ") + 1]
+            self.print_len += len(printable)
+        self.on_finalized_text(printable)
+
+    def end(self) -> None:
+        printable = ""
+        if self.token_cache:
+            printable = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)[self.print_len:]
+            self.token_cache, self.print_len = [], 0
+        self.next_tokens_are_prompt = True
+        self.on_finalized_text(printable, stream_end=True)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        """Print ``text`` (and a newline at the end of the stream); override to send it elsewhere."""
+        print(text, flush=True, end=None if stream_end else "")
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(lo <= cp <= hi for lo, hi in ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+                                              (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF),
+                                              (0x2F800, 0x2FA1F)))
+
+
+# -- the model behind generate() ------------------------------------------------------------------------------------
+class Decoder:
+    """Runs the model for generate(): one static KV cache for the run, left-padding bookkeeping (attention mask
+    extended by one per step, position ids from its cumsum as transformers' prepare_inputs_for_generation), logits
+    of the last position only. ``decoder(ids)`` takes the prompt, then one token per row per call."""
+
+    def __init__(self, model, input_ids, attention_mask, max_length: int, output_attentions=False,
+                 output_hidden_states=False) -> None:
+        B, T = input_ids.shape
+        c, device = model.config, input_ids.device
+        self.model = model
+        self.cache = KVCache.static_cache(c.n_layer, B, c.n_head, max_length, c.n_embd // c.n_head, model.dtype,
+                                          device)
+        self.kwargs = dict(use_cache=True, return_dict=True, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states)
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            self.kwargs["logits_to_keep"] = 1
+        self.mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            self.mask = attention_mask.new_ones(B, max_length)  # (B, max_length): the prompt's, then ones
+            self.mask[:, :T] = attention_mask
+            self.prompt_positions = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
+            self.next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
+        self.last_output = None
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ``ids`` (B, t) after what the cache holds; return the next-token logits (B, V) in fp32."""
+        held = self.cache.get_seq_length()
+        extra = {}
+        if self.mask is not None:
+            extra["attention_mask"] = self.mask[:, : held + ids.shape[1]]
+            if held == 0:
+                extra["position_ids"] = self.prompt_positions
+            else:
+                extra["position_ids"] = self.next_position
+                self.next_position = self.next_position + 1
+        out = self.model(input_ids=ids, past_key_values=self.cache, **self.kwargs, **extra)
+        self.last_output = out
+        return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row i of the cache becomes row ``rows[i]`` (only the filled part is copied)."""
+        n = self.cache.get_seq_length()
+        for buffer in self.cache.keys + self.cache.values:
+            buffer[:, :, :n] = buffer[:, :, :n].index_select(0, rows)
+
+
+# -- generate() ------------------------------------------------------------------------------------------------------
+class GenerationMixin:
+    """``generate()`` and ``generation_config`` for the models with a language-model head."""
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The model's defaults: generation_config.json beside the weights, else derived from the model config."""
+        if self.__dict__.get("_generation_config") is None:
+            self.__dict__["_generation_config"] = GenerationConfig.from_model_config(self.config)
+        return self.__dict__["_generation_config"]
+
+    @generation_config.setter
+    def generation_config(self, value: GenerationConfig) -> None:
+        if not isinstance(value, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig, got {type(value).__name__}")
+        self.__dict__["_generation_config"] = value
+
+    def can_generate(self) -> bool:
+        return True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        name = Path(pretrained_model_name_or_path)
+        if name.is_file():  # a single checkpoint file: look beside it
+            path = name.parent / GENERATION_CONFIG_NAME
+            path = path if path.is_file() else None
+        else:
+            path = hub.resolve_file(name, GENERATION_CONFIG_NAME, revision=kwargs.get("revision"),
+                                    cache_dir=kwargs.get("cache_dir"),
+                                    local_files_only=kwargs.get("local_files_only", False))
+        if path is not None:
+            model.generation_config = GenerationConfig.from_json_file(path)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Also writes generation_config.json, as transformers does for generative models."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.generation_config.save_pretrained(save_directory)
+
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,
+                 generator: torch.Generator | None = None, **kwargs):
+        """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
+        or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput.
+
+        Options: ``self.generation_config``, overridden by the non-default values of ``generation_config``, then by
+        ``kwargs`` (GenerationConfig fields only: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,
+        typical_p, num_beams, length_penalty, early_stopping, repetition_penalty, no_repeat_ngram_size,
+        bad_words_ids, min_new_tokens, eos_token_id, pad_token_id, num_return_sequences, output_scores, ...).
+        ``streamer``: gets ``put(ids)`` / ``end()`` (e.g. TextStreamer). ``generator``: the torch.Generator that
+        sampling draws from (default: torch's global generator, as transformers). See docs/generation.md.
+        """
+        if "inputs" in kwargs:  # transformers' name for the first argument
+            if input_ids is not None:
+                raise ValueError("give input_ids or inputs, not both")
+            input_ids = kwargs.pop("inputs")
+        cfg = self._generation_settings(generation_config, kwargs)
+        with torch.inference_mode():
+            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator)
+        if isinstance(result, torch.Tensor):
+            return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
+        result.sequences = result.sequences.clone()
+        return result
+
+    def _generation_settings(self, generation_config, kwargs) -> GenerationConfig:
+        base = self.generation_config
+        if generation_config is not None:
+            if not isinstance(generation_config, GenerationConfig):
+                raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+            # transformers >= 4.50: what the given config leaves at the global default comes from the model's own
+            data, model_data = generation_config.to_dict(), base.to_dict()
+            for key, default in GENERATION_DEFAULTS.items():
+                if data.get(key) == default and model_data.get(key) != default:
+                    data[key] = model_data[key]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                base = GenerationConfig.from_dict(data)
+            base._generate_kwargs = getattr(generation_config, "_generate_kwargs", frozenset())
+        return merge(base, **kwargs)
+
+
+_UNSUPPORTED = {  # settings whose decoding strategy is not implemented here -> ValueError, never silently ignored
+    "penalty_alpha": lambda v: v is not None and v > 0, "num_beam_groups": lambda v: v != 1,
+    "diversity_penalty": lambda v: v not in (None, 0, 0.0), "force_words_ids": lambda v: v is not None,
+    "stop_strings": lambda v: v is not None, "encoder_repetition_penalty": lambda v: v not in (None, 1, 1.0),
+    "guidance_scale": lambda v: v not in (None, 1, 1.0), "watermarking_config": lambda v: v is not None,
+    "low_memory": lambda v: bool(v), "token_healing": lambda v: bool(v),
+    "encoder_no_repeat_ngram_size": lambda v: v not in (None, 0), "prompt_lookup_num_tokens": lambda v: v is not None,
+    "dola_layers": lambda v: v is not None, "constraints": lambda v: v is not None,
+}
+
+
+def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, streamer):
+    """Validate at the boundary; returns (input_ids, attention_mask) as long tensors on the model's device."""
+    for name, unsupported in _UNSUPPORTED.items():
+        if unsupported(getattr(cfg, name, None)):
+            raise ValueError(f"generate(): {name}={getattr(cfg, name)!r} is not supported (contrastive, group-beam, "
+                             f"constrained and guided decoding are not implemented)")
+    if streamer is not None and cfg.num_beams > 1:
+        raise ValueError("streamer cannot be used with beam search (transformers' rule): set num_beams=1")
+    device, V = model.device, model.config.vocab_size
+    if input_ids is None:
+        if cfg.bos_token_id is None:
+            raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
+        input_ids = torch.full((1, 1), cfg.bos_token_id, dtype=torch.long, device=device)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point \
+            or input_ids.dtype.is_complex or input_ids.dtype == torch.bool or 0 in input_ids.shape:
+        raise ValueError(f"input_ids must be a non-empty 2-D integer tensor (batch, length), got "
+                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} of shape "
+                         f"{tuple(getattr(input_ids, 'shape', ()))}")
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= V:
+        raise ValueError(f"input_ids must be token ids in 0..{V - 1}, got values {int(input_ids.min())}.."
+                         f"{int(input_ids.max())}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(getattr(attention_mask, 'shape', ()))}")
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    return input_ids.to(device=device, dtype=torch.long), attention_mask
+
+
+def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator):
+    input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer)
+    V, device = model.config.vocab_size, input_ids.device
+    eos, pad = eos_ids(cfg), cfg.pad_token_id
+    if pad is None and eos:
+        warnings.warn(f"pad_token_id is not set: finished rows are padded with eos_token_id {eos[0]} (as transformers"
+                      f" does){'' if attention_mask is not None else '; pass attention_mask for padded batches'}",
+                      UserWarning, stacklevel=3)
+        pad = eos[0]
+    if pad is not None and pad >= V and any(i < V for i in eos):
+        raise ValueError(f"pad_token_id={pad} is outside the vocabulary (0..{V - 1}) but rows can finish")
+    if attention_mask is None and pad is not None and pad not in eos and bool((input_ids == pad).any()):
+        attention_mask = (input_ids != pad).long()  # transformers infers the mask from the padding
+    if pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
+        warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
+                      stacklevel=3)
+    expand = max(cfg.num_beams, cfg.num_return_sequences)
+    if expand > 1:
+        input_ids = input_ids.repeat_interleave(expand, dim=0)
+        attention_mask = attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
+    B, T = input_ids.shape
+    min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
+    processors = logits_processors(cfg, V, T, min_length, max_length, eos, device)
+    record = cfg.return_dict_in_generate
+    decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
+                      record and cfg.output_hidden_states)
+    stop = _Stop(eos, max_length, cfg.max_time, device)
+    if cfg.num_beams > 1:
+        from .beam_search import beam_search
+
+        return beam_search(decoder, input_ids, processors, cfg, stop, pad, eos, generator)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    ids = torch.empty((B, max_length), dtype=torch.long, device=device)  # the output, filled in place
+    ids[:, :T] = input_ids
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    scores, logits, attentions, hidden = ([] if record and flag else None for flag in (
+        cfg.output_scores, cfg.output_logits, cfg.output_attentions, cfg.output_hidden_states))
+    cur, next_logits = T, decoder(input_ids)
+    while True:
+        next_scores = run_processors(processors, ids[:, :cur], next_logits)
+        _append(scores, next_scores, logits, next_logits, attentions, hidden, decoder.last_output)
+        if cfg.do_sample:
+            next_tokens = torch.multinomial(F.softmax(next_scores, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            next_tokens = torch.argmax(next_scores, dim=-1)
+        if eos:  # finished rows get padding
+            next_tokens = torch.where(unfinished, next_tokens, pad)
+        ids[:, cur] = next_tokens
+        cur += 1
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
+        unfinished &= ~stop(ids[:, :cur])
+        if not bool(unfinished.any()):
+            break
+        next_logits = decoder(next_tokens[:, None])
+    if streamer is not None:
+        streamer.end()
+    if not record:
+        return ids[:, :cur]
+    return GenerateDecoderOnlyOutput(ids[:, :cur], _tuple(scores), _tuple(logits), _tuple(attentions), _tuple(hidden),
+                                     decoder.cache)
+
+
+class _Stop:
+    """transformers' stopping criteria: max_length, eos as the last token, max_time. Returns done rows (bool)."""
+
+    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device) -> None:
+        self.eos = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+        self.max_length, self.max_time, self.start = max_length, max_time, time.time()
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[-1] >= self.max_length or (self.max_time is not None and time.time() - self.start > self.max_time):
+            return torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+        if self.eos is None:
+            return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        return torch.isin(ids[:, -1], self.eos)
+
+
+def _append(scores, step_scores, logits, step_logits, attentions, hidden, out) -> None:
+    for store, value in ((scores, step_scores), (logits, step_logits)):
+        if store is not None:
+            store.append(value)
+    if attentions is not None:
+        attentions.append(out.attentions)
+    if hidden is not None:
+        hidden.append(out.hidden_states)
+
+
+def _tuple(values):
+    return None if values is None else tuple(values)
