@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch output, e.g. 2GB")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.add_argument("--local-files-only", action="store_true", help="never download")
-    sub.add_parser("demo", help="a short tour: build a tiny model's checkpoint and convert it through every format")
+    demo = sub.add_parser("demo", help="a short tour: generate text, convert a checkpoint through every format")
+    demo.add_argument("--model", default=None, help="a model folder (any checkpoint format) to generate with")
+    demo.add_argument("--prompt", default="The quick brown fox", help="the prompt to continue")
     return parser
 
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args)
         from .demo import run_demo
 
-        return run_demo()
+        return run_demo(args.model, args.prompt)
     except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
         print(f"gpt2: error: {e}", file=sys.stderr)
         return 1

@@ -86,3 +86,14 @@ def test_progress_bar_draws_only_on_a_terminal_for_big_files():
     bar("reading", 50 * 2**20, 100 * 2**20)
     bar("reading", 100 * 2**20, 100 * 2**20)
     assert "#" * 15 in tty.getvalue() and tty.getvalue().endswith("MiB\n")
+
+
+def test_demo_generates_with_a_model_folder(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from gpt2.torch import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2))
+    model.save_pretrained(tmp_path)
+    assert main(["demo", "--model", str(tmp_path), "--prompt", "Hello"]) == 0
+    out = capsys.readouterr().out
+    assert f"generating with {tmp_path}" in out and "Hello" in out and "30 tokens" in out
