@@ -33,7 +33,8 @@ def generate_text(model_path: str | None, prompt: str, max_new_tokens: int = 30)
     from .common.tokenizer_fast import GPT2TokenizerFast
     from .torch import GPT2LMHeadModel, TextStreamer
 
-    tok = GPT2TokenizerFast.from_pretrained(model_path or "gpt2")
+    has_vocab = model_path is not None and (Path(model_path) / "vocab.json").is_file()
+    tok = GPT2TokenizerFast.from_pretrained(model_path if has_vocab else "gpt2")  # else OpenAI's, shipped
     if model_path:
         model = GPT2LMHeadModel.from_pretrained(model_path)
         print(f"generating with {model_path} ({model.num_parameters() / 1e6:.0f}M parameters):")
