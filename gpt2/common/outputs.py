@@ -100,3 +100,29 @@ class QuestionAnsweringModelOutput(ModelOutput):
     end_logits: Any = None
     hidden_states: Any = None
     attentions: Any = None
+
+
+@dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """Greedy / sampling result (transformers' class and field names); scores and logits: one (B, V) per step."""
+
+    sequences: Any = None
+    scores: Any = None
+    logits: Any = None
+    attentions: Any = None
+    hidden_states: Any = None
+    past_key_values: Any = None
+
+
+@dataclass
+class GenerateBeamDecoderOnlyOutput(ModelOutput):
+    """Beam search result; sequences_scores (with output_scores) are the length-penalised beam scores."""
+
+    sequences: Any = None
+    sequences_scores: Any = None
+    scores: Any = None
+    logits: Any = None
+    beam_indices: Any = None
+    attentions: Any = None
+    hidden_states: Any = None
+    past_key_values: Any = None

@@ -5,7 +5,8 @@
 """
 
 from .cache import KVCache
-from .generation import BaseStreamer, GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput, TextStreamer
+from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .generation import BaseStreamer, TextStreamer
 from .heads import (
     GPT2DoubleHeadsModel,
     GPT2ForQuestionAnswering,

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..common.generation import GenerationConfig
-from .generation import Decoder, GenerateBeamDecoderOnlyOutput, _append, _Stop, _tuple, run_processors
+from ..common.outputs import GenerateBeamDecoderOnlyOutput
+from .generation import Decoder, _append, _Stop, _tuple
+from .logits_process import run_processors
 
 NEG = -1.0e9  # transformers' "impossible" score
 

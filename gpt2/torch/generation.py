@@ -20,9 +20,7 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,36 +28,10 @@ import torch.nn.functional as F
 from ..common import hub
 from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, GenerationConfig, eos_ids, merge,
                                  resolve_lengths)
-from ..common.outputs import ModelOutput
+from ..common.outputs import GenerateDecoderOnlyOutput
 from .cache import KVCache
 from .logits_process import logits_processors, run_processors
 
-
-
-@dataclass
-class GenerateDecoderOnlyOutput(ModelOutput):
-    """Greedy / sampling result (transformers' class and field names); scores and logits: one (B, V) per step."""
-
-    sequences: Any = None
-    scores: Any = None
-    logits: Any = None
-    attentions: Any = None
-    hidden_states: Any = None
-    past_key_values: Any = None
-
-
-@dataclass
-class GenerateBeamDecoderOnlyOutput(ModelOutput):
-    """Beam search result; sequences_scores (with output_scores) are the length-penalised beam scores."""
-
-    sequences: Any = None
-    sequences_scores: Any = None
-    scores: Any = None
-    logits: Any = None
-    beam_indices: Any = None
-    attentions: Any = None
-    hidden_states: Any = None
-    past_key_values: Any = None
 
 
 # -- streamers ------------------------------------------------------------------------------------------------------
