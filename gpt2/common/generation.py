@@ -33,6 +33,7 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "max_length": 20, "max_new_tokens": None, "min_length": 0, "min_new_tokens": None, "early_stopping": False,
     "max_time": None, "stop_strings": None,
     "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "use_cache": True,
+    "cache_implementation": None,
     "temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0, "diversity_penalty": 0.0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
     "length_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None,
@@ -42,7 +43,9 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "num_return_sequences": 1, "output_attentions": False, "output_hidden_states": False, "output_scores": False,
     "output_logits": None, "return_dict_in_generate": False,
     "pad_token_id": None, "bos_token_id": None, "eos_token_id": None,
+    "compile_config": None, "disable_compile": False,
 }
+_NOT_WRITTEN = ("compile_config",)  # transformers keeps it in memory only (an object, not JSON)
 # Written by transformers beside the fields: `_from_model_config` when true, `transformers_version` always (we keep
 # the version read, and write none of our own). Both are ignored by ``==``, as in transformers.
 METADATA_DEFAULTS: dict[str, Any] = {"_from_model_config": False, "transformers_version": None}
@@ -165,6 +168,9 @@ class GenerationConfig:
                      "output_hidden_states", "output_scores", "return_dict_in_generate"):
             flag(name)
         flag("output_logits", optional=True)
+        flag("disable_compile")
+        if self.cache_implementation is not None and not isinstance(self.cache_implementation, str):
+            fail("cache_implementation", "a string or null")
         for name in ("num_beams", "num_beam_groups", "num_return_sequences"):
             integer(name, 1)
         number("penalty_alpha", 0, optional=True)
@@ -239,10 +245,10 @@ class GenerationConfig:
     # -- dict / json ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Every field, then ``_from_model_config``, the extra keys and ``transformers_version`` (when one was read)."""
-        out = {name: copy.deepcopy(getattr(self, name)) for name in GENERATION_DEFAULTS}
+        out = {name: copy.deepcopy(getattr(self, name)) for name in GENERATION_DEFAULTS if name not in _NOT_WRITTEN}
         out["_from_model_config"] = self._from_model_config
         for name, value in vars(self).items():
-            if name not in out and name not in _PRIVATE and name != "transformers_version":
+            if name not in out and name not in _PRIVATE + _NOT_WRITTEN and name != "transformers_version":
                 out[name] = copy.deepcopy(value)
         if self.transformers_version is not None:
             out["transformers_version"] = self.transformers_version

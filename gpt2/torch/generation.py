@@ -105,11 +105,14 @@ class Decoder:
     of the last position only. ``decoder(ids)`` takes the prompt, then one token per row per call."""
 
     def __init__(self, model, input_ids, attention_mask, max_length: int, output_attentions=False,
-                 output_hidden_states=False) -> None:
+                 output_hidden_states=False, fixed_step: tuple[str, dict | None] | None = None) -> None:
         B, T = input_ids.shape
         c, device = model.config, input_ids.device
         self.model = model
-        self.cache = KVCache.static_cache(c.n_layer, B, c.n_head, max_length, c.n_embd // c.n_head, model.dtype,
+        capacity = max_length
+        if fixed_step is not None and fixed_step[0] == "compile":  # round up: fewer shapes, fewer recompilations
+            capacity = min(c.n_positions, -(-max_length // 64) * 64)
+        self.cache = KVCache.static_cache(c.n_layer, B, c.n_head, capacity, c.n_embd // c.n_head, model.dtype,
                                           device)
         self.kwargs = dict(use_cache=True, return_dict=True, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states)
@@ -121,11 +124,26 @@ class Decoder:
             self.mask[:, :T] = attention_mask
             self.prompt_positions = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
             self.next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
+        self.fixed = None
+        if fixed_step is not None:
+            from .compiled import FixedStep
+
+            self.fixed = FixedStep(model, self.cache, self.mask[:, :T] if self.mask is not None else None, T,
+                                   *fixed_step)
         self.last_output = None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ``ids`` (B, t) after what the cache holds; return the next-token logits (B, V) in fp32."""
         held = self.cache.get_seq_length()
+        if self.fixed is not None and held > 0:  # one token per row, at fixed shapes (compiled.py)
+            if self.mask is not None:
+                positions = self.next_position
+                self.next_position = self.next_position + 1
+            else:
+                positions = torch.full_like(ids, held)
+            logits = self.fixed(ids, positions, held)
+            self.cache.advance(ids.shape[1])
+            return logits
         extra = {}
         if self.mask is not None:
             extra["attention_mask"] = self.mask[:, : held + ids.shape[1]]
@@ -235,6 +253,7 @@ _UNSUPPORTED = {  # settings whose decoding strategy is not implemented here -> 
     "low_memory": lambda v: bool(v), "token_healing": lambda v: bool(v),
     "encoder_no_repeat_ngram_size": lambda v: v not in (None, 0), "prompt_lookup_num_tokens": lambda v: v is not None,
     "dola_layers": lambda v: v is not None, "constraints": lambda v: v is not None,
+    "cache_implementation": lambda v: v not in (None, "static", "dynamic"),
 }
 
 
@@ -242,8 +261,10 @@ def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, stre
     """Validate at the boundary; returns (input_ids, attention_mask) as long tensors on the model's device."""
     for name, unsupported in _UNSUPPORTED.items():
         if unsupported(getattr(cfg, name, None)):
-            raise ValueError(f"generate(): {name}={getattr(cfg, name)!r} is not supported (contrastive, group-beam, "
-                             f"constrained and guided decoding are not implemented)")
+            why = "contrastive, group-beam, constrained and guided decoding are not implemented"
+            if name == "cache_implementation":
+                why = "only 'static' and 'dynamic' are, both run as one preallocated cache"
+            raise ValueError(f"generate(): {name}={getattr(cfg, name)!r} is not supported ({why})")
     if streamer is not None and cfg.num_beams > 1:
         raise ValueError("streamer cannot be used with beam search (transformers' rule): set num_beams=1")
     device, V = model.device, model.config.vocab_size
@@ -294,7 +315,7 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
     processors = logits_processors(cfg, V, T, min_length, max_length, eos, device)
     record = cfg.return_dict_in_generate
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
-                      record and cfg.output_hidden_states)
+                      record and cfg.output_hidden_states, _fixed_step(model, cfg, device))
     stop = _Stop(eos, max_length, cfg.max_time, device)
     if cfg.num_beams > 1:
         from .beam_search import beam_search
@@ -331,6 +352,21 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
         return ids[:, :cur]
     return GenerateDecoderOnlyOutput(ids[:, :cur], _tuple(scores), _tuple(logits), _tuple(attentions), _tuple(hidden),
                                      decoder.cache)
+
+
+def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None] | None:
+    """How to run the decoding steps (compiled.py): ("compile", torch.compile options) when compile_config is given,
+    ("cuda_graph", None) on a CUDA device unless disable_compile, else None (the eager step)."""
+    wanted = cfg.compile_config is not None or device.type == "cuda"
+    if cfg.disable_compile or not wanted:
+        return None
+    if model.training or (cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states)):
+        return None  # dropout and per-step attentions / hidden states need the eager step
+    if cfg.compile_config is not None:
+        from .compiled import compile_options
+
+        return "compile", compile_options(cfg.compile_config)
+    return "cuda_graph", None
 
 
 class _Stop:

@@ -79,7 +79,8 @@ class Attention(nn.Module):
         probs = None
         if output_attentions or head_mask is not None or self.implementation == "eager":
             y, probs = eager_attention(q, k, v, mask, is_causal, self.scale, dropout, head_mask, self.upcast)
-        elif self.implementation == "flash_attention_2":
+        # flash-attn takes padding, not an arbitrary additive mask: a caller's 4-D mask goes to SDPA
+        elif self.implementation == "flash_attention_2" and (mask is None or padding_mask is not None):
             y = flash_attention(q, k, v, padding_mask, is_causal or (not self.is_cross_attention and T > 1),
                                 self.scale, dropout)
         else:

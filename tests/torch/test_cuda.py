@@ -48,3 +48,45 @@ def test_incremental_decoding_on_cuda():
             first = model(ids[:, :6])
             rest = model(ids[:, 6:], past_key_values=first.past_key_values).logits
         torch.testing.assert_close(rest, full[:, 6:], atol=2e-2, rtol=2e-2)
+
+
+def _padded_prompt():
+    ids = torch.randint(1, 100, (3, 9), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", [{}, {"num_beams": 3}, {"do_sample": True, "top_k": 10}])
+def test_cuda_graph_decoding_equals_eager_steps(dtype, kwargs, monkeypatch):
+    import gpt2.torch.compiled as compiled
+
+    captures = []
+    original = compiled.FixedStep._capture
+    monkeypatch.setattr(compiled.FixedStep, "_capture", lambda self: captures.append(1) or original(self))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**CONFIG, initializer_range=0.4)).to("cuda", dtype).eval()
+    ids, mask = _padded_prompt()
+    common = dict(attention_mask=mask, max_new_tokens=16, pad_token_id=0, return_dict_in_generate=True,
+                  output_logits=True, **kwargs)
+    graph = model.generate(ids, generator=torch.Generator("cuda").manual_seed(0), **common)
+    assert captures == [1]
+    eager = model.generate(ids, generator=torch.Generator("cuda").manual_seed(0), disable_compile=True, **common)
+    assert captures == [1]
+    assert torch.equal(graph.sequences, eager.sequences)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(graph.logits, eager.logits):
+        torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
+
+
+def test_torch_compile_reduce_overhead_on_cuda():
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(**CONFIG, initializer_range=0.4)).to("cuda").eval()
+    ids, mask = _padded_prompt()
+    eager = model.generate(ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0, disable_compile=True)
+    for _ in range(2):  # the second call replays what the first compiled
+        compiled = model.generate(ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0,
+                                  compile_config={"mode": "reduce-overhead"})
+        assert torch.equal(compiled, eager)

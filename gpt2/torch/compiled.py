@@ -1,0 +1,125 @@
+"""A fixed-shape decoding step for generate(): captured in a CUDA graph, or compiled with torch.compile.
+
+The eager step (generation.Decoder) attends over the first ``n`` cached positions, so its shapes change with every
+token, and GPT2Model.forward checks ids on the host: neither can be captured. This step has the same shapes at every
+token: it writes the new key/value at ``position`` (a device tensor) into the static cache with ``index_copy_`` and
+attends over the whole buffer, the positions not yet written (and left padding) hidden by an additive mask that the
+caller opens one column per token. Masked columns weigh exactly 0 after the softmax, so the logits equal the eager
+step's up to float summation order; generate() is token for token the same (tests/torch/test_generate.py).
+
+When generate() uses it (docs/generation.md): on a CUDA device by default, as one CUDA graph per generate() call
+(``disable_compile=True`` turns it off); on any device with ``compile_config=...`` (transformers' CompileConfig
+fields: fullgraph, dynamic, backend, mode, options), through torch.compile. Never with output_attentions /
+output_hidden_states, head masks or dropout (training mode): those take the eager step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import mask_value, sdpa_attention
+
+COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
+
+
+def decode_step(model, ids, positions, mask, keys, values, position):
+    """One token per row through ``model`` (an LM-head model in eval mode); returns next-token logits (B, V) fp32.
+
+    ids, positions: (B, 1) long; mask: (B, 1, 1, L) additive; keys, values: per layer (B, nh, L, hs) buffers, written
+    at ``position`` ((1,) long). Always SDPA: the same numbers as eager (scale, upcast) at fixed shapes.
+    """
+    t = model.transformer
+    x = t.wte(ids) + t.wpe(positions)  # (B, 1, C)
+    B, T, C = x.shape
+    for block, k_all, v_all in zip(t.h, keys, values):
+        attn = block.attn
+        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
+        q, k, v = attn._heads(q), attn._heads(k), attn._heads(v)  # (B, nh, 1, hs)
+        k_all.index_copy_(2, position, k)
+        v_all.index_copy_(2, position, v)
+        y = sdpa_attention(q, k_all, v_all, mask, False, attn.scale, 0.0, attn.upcast)  # (B, nh, 1, hs)
+        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(t.ln_f(x))[:, -1, :].float()
+
+
+def compile_options(compile_config) -> dict:
+    """transformers' CompileConfig (or a dict of its fields) -> torch.compile keyword arguments."""
+    if isinstance(compile_config, dict):
+        unknown = sorted(set(compile_config) - set(COMPILE_OPTIONS))
+        if unknown:
+            raise ValueError(f"compile_config: unknown key(s) {', '.join(unknown)}; expected some of "
+                             f"{', '.join(COMPILE_OPTIONS)}")
+        options = dict(compile_config)
+    else:
+        options = {k: getattr(compile_config, k) for k in COMPILE_OPTIONS if hasattr(compile_config, k)}
+        if not options:
+            raise TypeError(f"compile_config must be a dict or transformers' CompileConfig, got "
+                            f"{type(compile_config).__name__}")
+    options = {"fullgraph": True, "dynamic": False, **options}
+    if options.get("mode") is not None and options.get("options"):
+        raise ValueError("compile_config: give mode or options, not both (torch.compile's rule)")
+    return options
+
+
+class FixedStep:
+    """The fixed-shape step over a static ``cache`` of capacity L, for rows whose first ``T`` positions hold the
+    prompt (``attention_mask`` (B, T) marks its left padding, or None). ``step(ids, positions, n)`` writes position
+    ``n`` and returns the logits (B, V) fp32; ``how`` is "cuda_graph", "compile" (with ``options``) or "fixed"
+    (decode_step run as it is: the same shapes and numbers without capture, which the CPU tests use)."""
+
+    def __init__(self, model, cache, attention_mask, T: int, how: str, options: dict | None = None) -> None:
+        B, L = cache.keys[0].shape[0], cache.keys[0].shape[2]
+        device = cache.keys[0].device
+        self.model, self.cache, self.how = model, cache, how
+        self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.mask = torch.full((B, 1, 1, L), mask_value(model.dtype), dtype=model.dtype, device=device)  # (B,1,1,L)
+        real = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool,
+                                                                                     device=device)
+        self.mask[:, 0, 0, :T].masked_fill_(real, 0.0)
+        self.graph = self.logits = None
+        if how == "compile":
+            self.fn = _compiled(model, options or {})
+            if device.type == "cuda":  # cudagraph trees re-use these buffers' addresses across calls
+                for buffer in cache.keys + cache.values:
+                    torch._dynamo.mark_static_address(buffer)
+
+    def _run(self) -> torch.Tensor:
+        fn = self.fn if self.how == "compile" else decode_step
+        return fn(self.model, self.ids, self.positions, self.mask, self.cache.keys, self.cache.values, self.position)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.positions.copy_(positions)
+        self.position.fill_(n)
+        self.mask[:, :, :, n] = 0.0  # the new token sees itself, and every later token sees it
+        if self.how != "cuda_graph":
+            return self._run().clone()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.logits.clone()
+
+    def _capture(self) -> None:
+        """torch's recipe: warm up on a side stream (cuBLAS / SDPA workspaces), then capture one step. The warm-up
+        writes this step's own key/value, which the replay writes again: nothing else changes."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()
+
+
+def _compiled(model, options: dict):
+    """One torch.compile wrapper per model and options, so that later generate() calls reuse its compiled code."""
+    store = model.__dict__.setdefault("_compiled_decode_steps", {})
+    key = repr(sorted(options.items()))
+    if key not in store:
+        store[key] = torch.compile(decode_step, **options)
+    return store[key]

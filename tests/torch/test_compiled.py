@@ -1,0 +1,168 @@
+"""The fixed-shape decoding step (gpt2/torch/compiled.py) behind generate()'s CUDA graphs and compile_config.
+
+On the CPU the step runs as it is ("fixed") and through torch.compile; tests/torch/test_cuda.py runs the CUDA graph.
+Each must give generate()'s eager tokens (and logits within float summation order).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from conftest import requires_torch
+
+pytestmark = requires_torch
+
+torch = pytest.importorskip("torch")
+
+from gpt2 import GPT2Config  # noqa: E402
+from gpt2.common.generation import GenerationConfig  # noqa: E402
+
+CONFIG = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=64, initializer_range=0.4)
+IDS = torch.tensor([[3, 3, 5, 6, 7, 8], [10, 11, 12, 13, 14, 15], [3, 40, 41, 42, 43, 44]])
+MASK = (IDS != 3).long()
+FLAGS = [{}, {"scale_attn_by_inverse_layer_idx": True, "reorder_and_upcast_attn": True},
+         {"scale_attn_weights": False, "activation_function": "relu"}]
+
+
+def model(seed=0, **flags):
+    from gpt2.torch import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(**CONFIG, **flags)).eval()
+
+
+@pytest.fixture
+def force_fixed(monkeypatch):
+    """generate() with the fixed-shape step run uncompiled, counting its calls."""
+    import gpt2.torch.compiled as compiled
+    import gpt2.torch.generation as generation
+
+    calls = []
+    original = compiled.FixedStep.__call__
+
+    def counted(self, *args):
+        calls.append(self.how)
+        return original(self, *args)
+
+    monkeypatch.setattr(generation, "_fixed_step",
+                        lambda model, cfg, device: None if cfg.disable_compile else ("fixed", None))
+    monkeypatch.setattr(compiled.FixedStep, "__call__", counted)
+    return calls
+
+
+def run(m, **kwargs):
+    kwargs = {"attention_mask": MASK, "max_new_tokens": 12, "pad_token_id": 0, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return m.generate(IDS, **kwargs)
+
+
+@pytest.mark.parametrize("flags", FLAGS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fixed_step_equals_eager_greedy(flags, seed, monkeypatch):
+    m = model(seed, **flags)
+    kwargs = dict(return_dict_in_generate=True, output_logits=True)
+    eager = run(m, **kwargs)
+    import gpt2.torch.generation as generation
+
+    monkeypatch.setattr(generation, "_fixed_step", lambda model, cfg, device: ("fixed", None))
+    fixed = run(m, **kwargs)
+    assert torch.equal(fixed.sequences, eager.sequences)
+    for a, b in zip(fixed.logits, eager.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert fixed.past_key_values.get_seq_length() == eager.sequences.shape[1] - 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_beams=3, num_return_sequences=2), dict(num_beams=2, do_sample=True),
+                                    dict(do_sample=True, top_k=20), dict(attention_mask=None),
+                                    dict(eos_token_id=[7, 9], min_new_tokens=2)])
+def test_fixed_step_equals_eager_other_strategies(kwargs, force_fixed):
+    m = model(1)
+    fixed = run(m, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert force_fixed, "the fixed-shape step was not used"
+    force_fixed.clear()
+    eager = run(m, generator=torch.Generator().manual_seed(0), disable_compile=True, **kwargs)
+    assert not force_fixed
+    assert torch.equal(fixed, eager)
+
+
+def test_which_step_generate_takes():
+    import gpt2.torch.generation as generation
+
+    m = model()
+    cfg = GenerationConfig(return_dict_in_generate=True, output_attentions=True)
+    assert generation._fixed_step(m, cfg, torch.device("cuda")) is None
+    assert generation._fixed_step(m, GenerationConfig(disable_compile=True), torch.device("cuda")) is None
+    assert generation._fixed_step(m, GenerationConfig(), torch.device("cuda")) == ("cuda_graph", None)
+    assert generation._fixed_step(m, GenerationConfig(), torch.device("cpu")) is None
+    how, options = generation._fixed_step(m, GenerationConfig(compile_config={"backend": "eager"}),
+                                          torch.device("cpu"))
+    assert how == "compile" and options == {"fullgraph": True, "dynamic": False, "backend": "eager"}
+    m.train()
+    assert generation._fixed_step(m, GenerationConfig(compile_config={}), torch.device("cpu")) is None
+
+
+def test_compile_config_runs_torch_compile_once_per_shape():
+    """A counting backend: one graph for two generate() calls whose lengths share the 64-token cache bucket."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = model(2)
+    eager = run(m, max_new_tokens=10)
+    first = run(m, max_new_tokens=10, compile_config={"backend": backend})
+    second = run(m, max_new_tokens=20, compile_config={"backend": backend})
+    assert torch.equal(first, eager)
+    assert torch.equal(second[:, : first.shape[1]], first)
+    assert len(graphs) == 1
+
+
+def test_compile_config_with_inductor_matches_transformers_style_object():
+    """The real compiler, given as transformers' CompileConfig would be (an object with its fields)."""
+
+    class CompileConfig:
+        fullgraph, dynamic, backend, mode, options = True, False, "inductor", None, None
+
+    m = model(3, scale_attn_by_inverse_layer_idx=True)
+    eager = run(m, return_dict_in_generate=True, output_logits=True)
+    compiled = run(m, return_dict_in_generate=True, output_logits=True, compile_config=CompileConfig())
+    assert torch.equal(compiled.sequences, eager.sequences)
+    for a, b in zip(compiled.logits, eager.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("compile_config, error, match", [
+    ({"fullgraf": True}, ValueError, "unknown key.*fullgraf"),
+    (42, TypeError, "CompileConfig, got int"),
+    ({"mode": "max-autotune", "options": {"x": 1}}, ValueError, "mode or options"),
+])
+def test_bad_compile_config(compile_config, error, match):
+    with pytest.raises(error, match=match):
+        run(model(), compile_config=compile_config)
+
+
+def test_cache_implementation_and_compile_fields():
+    m = model()
+    assert torch.equal(run(m, cache_implementation="static"), run(m, cache_implementation="dynamic"))
+    with pytest.raises(ValueError, match="cache_implementation='offloaded' is not supported"):
+        run(m, cache_implementation="offloaded")
+    with pytest.raises(ValueError, match="disable_compile must be true or false"):
+        GenerationConfig(disable_compile="yes")
+    cfg = GenerationConfig(compile_config={"mode": None}, disable_compile=True)
+    assert "compile_config" not in cfg.to_dict() and cfg.to_diff_dict()["disable_compile"] is True
+
+
+def test_flash_layer_gives_a_four_d_mask_to_sdpa():
+    """A caller's ready additive mask cannot be expressed to flash-attn: that layer takes SDPA, not a wrong answer."""
+    m = model()
+    B, T = IDS.shape
+    mask4 = torch.zeros(B, 1, T, T).masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), -1e9)
+    mask4[0, :, :, 0] = -1e9
+    ref = m(IDS, attention_mask=mask4).logits
+    for block in m.transformer.h:
+        block.attn.implementation = "flash_attention_2"  # without flash-attn installed: must never be reached
+    torch.testing.assert_close(m(IDS, attention_mask=mask4).logits, ref)
