@@ -5,7 +5,8 @@ Two tables, as transformers' GPT-2 SDPA page gives them (training and inference,
 - training: forward + backward of a (batch, seq) batch with labels; median seconds per batch and peak GPU memory;
 - inference: greedy generate() of --new tokens after a (batch, seq) prompt; milliseconds per new token (the prefill
   included, total time / new tokens) and peak GPU memory. Ours runs its default (the decoding step in a CUDA graph,
-  compiled.py) and with disable_compile=True (eager steps).
+  compiled.py, kept on the model for the next call of that shape: "first call" includes the capture) and with
+  disable_compile=True (eager steps). Times are medians of --repeats calls after the first.
 flash_attention_2 rows appear when the flash-attn package is importable.
 
 Run:  python benchmarks/bench_torch_gpu.py [--repeats 3] [--new 32] [--json out.json]
@@ -35,10 +36,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn, repeats: int) -> tuple[float, float]:
-    """(median seconds, peak memory in MiB above what was allocated before) of fn() after one warm-up."""
+def measure(fn, repeats: int) -> tuple[float, float, float]:
+    """(median seconds, peak memory in MiB above what was allocated before, seconds of the first call) of fn()."""
+    sync()
+    start = time.perf_counter()
     fn()
     sync()
+    first = time.perf_counter() - start
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -51,7 +55,7 @@ def measure(fn, repeats: int) -> tuple[float, float]:
         sync()
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
-    return statistics.median(times), peak
+    return statistics.median(times), peak, first
 
 
 def main() -> int:
@@ -101,7 +105,7 @@ def main() -> int:
                         model(batch, labels=batch, use_cache=False).loss.backward()
                         model.zero_grad(set_to_none=True)
 
-                    row[lib] = measure(step, args.repeats)
+                    row[lib] = measure(step, args.repeats)[:2]
                     model.eval()
                 train_rows.append(row)
                 print("train", row, flush=True)
@@ -118,8 +122,8 @@ def main() -> int:
                                                  pad_token_id=50256, **extra)
                         assert out.shape[1] == T + args.new
 
-                    seconds, peak = measure(generate, args.repeats)
-                    row[name] = (seconds / args.new * 1e3, peak)
+                    seconds, peak, first = measure(generate, args.repeats)
+                    row[name] = (seconds / args.new * 1e3, peak, first / args.new * 1e3)
                 infer_rows.append(row)
                 print("infer", row, flush=True)
         del models
@@ -136,13 +140,13 @@ def main() -> int:
         (a, ma), (b, mb) = r["ours"], r["transformers"]
         print(f"| {r['impl']} | {r['batch']} | {r['seq']} | {a:.4f} | {b:.4f} | {a / b:.2f} | {ma:.0f} | {mb:.0f} |")
     print(f"\nInference (greedy generate, {args.new} new tokens), ms per new token and peak MiB\n")
-    print("| attention | batch | prompt | ours | ours, eager steps | transformers | ours / transformers | "
-          "ours MiB | transformers MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| attention | batch | prompt | ours | ours, first call | ours, eager steps | transformers | "
+          "ours / transformers | ours MiB | transformers MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in infer_rows:
-        (a, ma), (e, _), (b, mb) = r["ours"], r["ours eager steps"], r["transformers"]
-        print(f"| {r['impl']} | {r['batch']} | {r['seq']} | {a:.2f} | {e:.2f} | {b:.2f} | {a / b:.2f} | {ma:.0f} | "
-              f"{mb:.0f} |")
+        (a, ma, f), (e, _, _), (b, mb, _) = r["ours"], r["ours eager steps"], r["transformers"]
+        print(f"| {r['impl']} | {r['batch']} | {r['seq']} | {a:.2f} | {f:.2f} | {e:.2f} | {b:.2f} | {a / b:.2f} | "
+              f"{ma:.0f} | {mb:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "train": train_rows, "inference": infer_rows}, f, indent=1)

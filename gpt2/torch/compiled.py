@@ -15,6 +15,8 @@ output_hidden_states, head masks or dropout (training mode): those take the eage
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .attention import mask_value, sdpa_attention
@@ -66,25 +68,54 @@ class FixedStep:
     """The fixed-shape step over a static ``cache`` of capacity L, for rows whose first ``T`` positions hold the
     prompt (``attention_mask`` (B, T) marks its left padding, or None). ``step(ids, positions, n)`` writes position
     ``n`` and returns the logits (B, V) fp32; ``how`` is "cuda_graph", "compile" (with ``options``) or "fixed"
-    (decode_step run as it is: the same shapes and numbers without capture, which the CPU tests use)."""
+    (decode_step run as it is: the same shapes and numbers without capture, which the CPU tests use).
 
-    def __init__(self, model, cache, attention_mask, T: int, how: str, options: dict | None = None) -> None:
+    ``FixedStep.for_run`` keeps the last one on the model: the next generate() of the same batch size, cache
+    bucket and dtype re-uses its graph and buffers instead of capturing again (``release()`` frees it for that).
+    """
+
+    def __init__(self, model, cache, how: str, options: dict | None = None) -> None:
         B, L = cache.keys[0].shape[0], cache.keys[0].shape[2]
         device = cache.keys[0].device
         self.model, self.cache, self.how = model, cache, how
         self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.mask = torch.full((B, 1, 1, L), mask_value(model.dtype), dtype=model.dtype, device=device)  # (B,1,1,L)
-        real = attention_mask.bool() if attention_mask is not None else torch.ones(B, T, dtype=torch.bool,
-                                                                                     device=device)
-        self.mask[:, 0, 0, :T].masked_fill_(real, 0.0)
+        self.mask = torch.empty((B, 1, 1, L), dtype=model.dtype, device=device)  # (B, 1, 1, L), set by start()
         self.graph = self.logits = None
+        self.busy = threading.Lock()
         if how == "compile":
             self.fn = _compiled(model, options or {})
             if device.type == "cuda":  # cudagraph trees re-use these buffers' addresses across calls
                 for buffer in cache.keys + cache.values:
                     torch._dynamo.mark_static_address(buffer)
+
+    @classmethod
+    def for_run(cls, model, cache_factory, key: tuple, how: str, options: dict | None, keep: bool) -> "FixedStep":
+        """The model's kept step when ``key`` (shapes, dtype, parameter addresses) matches and it is free, else a
+        new one over ``cache_factory()`` (kept when ``keep``). Call ``start`` on it, and ``release`` after the run."""
+        key = (how, repr(options), key, tuple(p.data_ptr() for p in model.parameters()))
+        kept = model.__dict__.get("_fixed_step")
+        if kept is not None and kept[0] == key and kept[1].busy.acquire(blocking=False):
+            return kept[1]
+        step = cls(model, cache_factory(), how, options)
+        step.busy.acquire()
+        if keep and (kept is None or not kept[1].busy.locked()):
+            model.__dict__["_fixed_step"] = (key, step)  # replaces (frees) the one kept before
+        return step
+
+    def start(self, attention_mask, T: int) -> None:
+        """A new run: the cache empty, the first ``T`` positions the prompt (``attention_mask`` (B, T) or None)."""
+        self.cache.length = 0
+        self.mask.fill_(mask_value(self.mask.dtype))
+        if attention_mask is None:
+            self.mask[:, :, :, :T] = 0.0
+        else:
+            self.mask[:, 0, 0, :T].masked_fill_(attention_mask.bool(), 0.0)
+
+    def release(self) -> None:
+        if self.busy.locked():
+            self.busy.release()
 
     def _run(self) -> torch.Tensor:
         fn = self.fn if self.how == "compile" else decode_step

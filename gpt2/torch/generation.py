@@ -105,15 +105,23 @@ class Decoder:
     of the last position only. ``decoder(ids)`` takes the prompt, then one token per row per call."""
 
     def __init__(self, model, input_ids, attention_mask, max_length: int, output_attentions=False,
-                 output_hidden_states=False, fixed_step: tuple[str, dict | None] | None = None) -> None:
+                 output_hidden_states=False, fixed_step: tuple[str, dict | None, bool] | None = None) -> None:
         B, T = input_ids.shape
         c, device = model.config, input_ids.device
         self.model = model
-        capacity = max_length
-        if fixed_step is not None and fixed_step[0] == "compile":  # round up: fewer shapes, fewer recompilations
+        self.fixed = None
+        new_cache = lambda capacity: KVCache.static_cache(  # noqa: E731
+            c.n_layer, B, c.n_head, capacity, c.n_embd // c.n_head, model.dtype, device)
+        if fixed_step is None:
+            self.cache = new_cache(max_length)
+        else:  # a cache rounded up to 64 positions: fewer shapes, so fewer captures and recompilations
+            from .compiled import FixedStep
+
             capacity = min(c.n_positions, -(-max_length // 64) * 64)
-        self.cache = KVCache.static_cache(c.n_layer, B, c.n_head, capacity, c.n_embd // c.n_head, model.dtype,
-                                          device)
+            how, options, keep = fixed_step
+            self.fixed = FixedStep.for_run(model, lambda: new_cache(capacity), (B, capacity, model.dtype, device),
+                                           how, options, keep)
+            self.cache = self.fixed.cache
         self.kwargs = dict(use_cache=True, return_dict=True, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states)
         if "logits_to_keep" in inspect.signature(model.forward).parameters:
@@ -124,12 +132,8 @@ class Decoder:
             self.mask[:, :T] = attention_mask
             self.prompt_positions = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
             self.next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
-        self.fixed = None
-        if fixed_step is not None:
-            from .compiled import FixedStep
-
-            self.fixed = FixedStep(model, self.cache, self.mask[:, :T] if self.mask is not None else None, T,
-                                   *fixed_step)
+        if self.fixed is not None:
+            self.fixed.start(self.mask[:, :T] if self.mask is not None else None, T)
         self.last_output = None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -155,6 +159,11 @@ class Decoder:
         out = self.model(input_ids=ids, past_key_values=self.cache, **self.kwargs, **extra)
         self.last_output = out
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+
+    def close(self) -> None:
+        """The run is over: a kept fixed-shape step is free for the next generate()."""
+        if self.fixed is not None:
+            self.fixed.release()
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam search: row i of the cache becomes row ``rows[i]`` (only the filled part is copied)."""
@@ -316,11 +325,20 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
     record = cfg.return_dict_in_generate
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
                       record and cfg.output_hidden_states, _fixed_step(model, cfg, device))
-    stop = _Stop(eos, max_length, cfg.max_time, device)
-    if cfg.num_beams > 1:
-        from .beam_search import beam_search
+    try:
+        stop = _Stop(eos, max_length, cfg.max_time, device)
+        if cfg.num_beams > 1:
+            from .beam_search import beam_search
 
-        return beam_search(decoder, input_ids, processors, cfg, stop, pad, eos, generator)
+            return beam_search(decoder, input_ids, processors, cfg, stop, pad, eos, generator)
+        return _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, streamer, max_length)
+    finally:
+        decoder.close()
+
+
+def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, streamer, max_length):
+    """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step."""
+    (B, T), device, record = input_ids.shape, input_ids.device, cfg.return_dict_in_generate
     if streamer is not None:
         streamer.put(input_ids.cpu())
     ids = torch.empty((B, max_length), dtype=torch.long, device=device)  # the output, filled in place
@@ -354,9 +372,11 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
                                      decoder.cache)
 
 
-def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None] | None:
-    """How to run the decoding steps (compiled.py): ("compile", torch.compile options) when compile_config is given,
-    ("cuda_graph", None) on a CUDA device unless disable_compile, else None (the eager step)."""
+def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:
+    """How to run the decoding steps (compiled.py): ("compile", torch.compile options, keep) when compile_config is
+    given, ("cuda_graph", None, keep) on a CUDA device unless disable_compile, else None (the eager step). ``keep``:
+    the step and its cache may stay on the model for the next call -- not when the cache is returned to the caller
+    (return_dict_in_generate), who must not see it overwritten later."""
     wanted = cfg.compile_config is not None or device.type == "cuda"
     if cfg.disable_compile or not wanted:
         return None
@@ -365,8 +385,8 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None]
     if cfg.compile_config is not None:
         from .compiled import compile_options
 
-        return "compile", compile_options(cfg.compile_config)
-    return "cuda_graph", None
+        return "compile", compile_options(cfg.compile_config), not cfg.return_dict_in_generate
+    return "cuda_graph", None, not cfg.return_dict_in_generate
 
 
 class _Stop:

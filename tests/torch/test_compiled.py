@@ -47,7 +47,7 @@ def force_fixed(monkeypatch):
         return original(self, *args)
 
     monkeypatch.setattr(generation, "_fixed_step",
-                        lambda model, cfg, device: None if cfg.disable_compile else ("fixed", None))
+                        lambda model, cfg, device: None if cfg.disable_compile else ("fixed", None, True))
     monkeypatch.setattr(compiled.FixedStep, "__call__", counted)
     return calls
 
@@ -67,7 +67,7 @@ def test_fixed_step_equals_eager_greedy(flags, seed, monkeypatch):
     eager = run(m, **kwargs)
     import gpt2.torch.generation as generation
 
-    monkeypatch.setattr(generation, "_fixed_step", lambda model, cfg, device: ("fixed", None))
+    monkeypatch.setattr(generation, "_fixed_step", lambda model, cfg, device: ("fixed", None, False))
     fixed = run(m, **kwargs)
     assert torch.equal(fixed.sequences, eager.sequences)
     for a, b in zip(fixed.logits, eager.logits):
@@ -95,11 +95,13 @@ def test_which_step_generate_takes():
     cfg = GenerationConfig(return_dict_in_generate=True, output_attentions=True)
     assert generation._fixed_step(m, cfg, torch.device("cuda")) is None
     assert generation._fixed_step(m, GenerationConfig(disable_compile=True), torch.device("cuda")) is None
-    assert generation._fixed_step(m, GenerationConfig(), torch.device("cuda")) == ("cuda_graph", None)
+    assert generation._fixed_step(m, GenerationConfig(), torch.device("cuda")) == ("cuda_graph", None, True)
+    returned = GenerationConfig(return_dict_in_generate=True)  # the cache goes to the caller: not kept
+    assert generation._fixed_step(m, returned, torch.device("cuda")) == ("cuda_graph", None, False)
     assert generation._fixed_step(m, GenerationConfig(), torch.device("cpu")) is None
-    how, options = generation._fixed_step(m, GenerationConfig(compile_config={"backend": "eager"}),
-                                          torch.device("cpu"))
-    assert how == "compile" and options == {"fullgraph": True, "dynamic": False, "backend": "eager"}
+    how, options, keep = generation._fixed_step(m, GenerationConfig(compile_config={"backend": "eager"}),
+                                                torch.device("cpu"))
+    assert how == "compile" and options == {"fullgraph": True, "dynamic": False, "backend": "eager"} and keep
     m.train()
     assert generation._fixed_step(m, GenerationConfig(compile_config={}), torch.device("cpu")) is None
 
@@ -133,6 +135,37 @@ def test_compile_config_with_inductor_matches_transformers_style_object():
     assert torch.equal(compiled.sequences, eager.sequences)
     for a, b in zip(compiled.logits, eager.logits):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_kept_step_is_reused_only_while_valid(force_fixed, monkeypatch):
+    """The step (its graph and cache) stays on the model for the next call of the same shape; new parameters, a
+    new batch size or a step still in use get a new one. Every run gives the eager tokens."""
+    import gpt2.torch.compiled as compiled
+
+    made = []
+    original = compiled.FixedStep.__init__
+    monkeypatch.setattr(compiled.FixedStep, "__init__", lambda self, *a: made.append(1) or original(self, *a))
+    m = model(4)
+
+    def check(ids=IDS, mask=MASK, **kwargs):
+        fixed = m.generate(ids, attention_mask=mask, max_new_tokens=9, pad_token_id=0, **kwargs)
+        eager = m.generate(ids, attention_mask=mask, max_new_tokens=9, pad_token_id=0, disable_compile=True,
+                           **kwargs)
+        assert torch.equal(fixed, eager)
+
+    check()
+    check(min_new_tokens=9)  # same batch and cache bucket: re-used (the cache is emptied, the mask reset)
+    check(ids=IDS[1:], mask=None)  # batch 2: a new step
+    assert len(made) == 2
+    with torch.no_grad():
+        m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight * 1.5)  # new storage: a graph would read freed memory
+    check(ids=IDS[1:], mask=None)
+    assert len(made) == 3
+    kept = m.__dict__["_fixed_step"][1]
+    kept.busy.acquire()  # as if another thread were generating with it
+    check(ids=IDS[1:], mask=None)
+    assert len(made) == 4 and m.__dict__["_fixed_step"][1] is kept
+    kept.release()
 
 
 @pytest.mark.parametrize("compile_config, error, match", [
