@@ -4,7 +4,8 @@ Measured (median of --repeats runs after a warm-up, same random weights loaded i
 - prefill: forward of a (4, 512) batch, no grad;
 - train step: forward + backward + AdamW step on a (4, 256) batch with labels;
 - decode: greedy generate() of 64 new tokens after a 32-token prompt, batch 1, in ms per new token, against the
-  memory-bandwidth floor (weight bytes read per token / measured read bandwidth) — when our generate() exists.
+  memory-bandwidth floor (weight bytes read per token / measured read bandwidth); ours also with compile_config={}
+  (torch.compile of the fixed-shape decoding step; its first call, the compilation, is reported apart).
 
 Run:  .venv/bin/python benchmarks/bench_torch.py [--repeats 5] [--threads 2] [--small] [--json out.json]
 """
@@ -96,15 +97,20 @@ def main() -> int:
         prompt = torch.randint(0, 50257, (1, 32))
         new = 8 if args.small else 64
 
-        def decode(model):
+        def decode(model, **extra):
             with torch.inference_mode():
                 out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                     pad_token_id=50256)
+                                     pad_token_id=50256, **extra)
             assert out.shape[1] == 32 + new
 
         a = timed(lambda: decode(ours), max(1, args.repeats // 2)) / new * 1e3
         b = timed(lambda: decode(theirs), max(1, args.repeats // 2)) / new * 1e3
         rows.append(("decode ms/token (1x32 + %d greedy)" % new, a, b))
+        start = time.perf_counter()
+        decode(ours, compile_config={})  # torch.compile of the fixed-shape step (gpt2/torch/compiled.py)
+        compile_seconds = time.perf_counter() - start
+        c = timed(lambda: decode(ours, compile_config={}), max(1, args.repeats // 2)) / new * 1e3
+        rows.append(("decode ms/token, ours with compile_config={} (first call %.1f s)" % compile_seconds, c, b))
         weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
         floor = weight_bytes / read_bandwidth() * 1e3
 

@@ -445,3 +445,42 @@ def resolve_lengths(config: GenerationConfig, input_length: int, max_positions: 
         warnings.warn(f"unfeasible length constraints: the minimum length {min_total} is larger than the maximum "
                       f"{max_total}; generation will stop at the maximum", UserWarning, stacklevel=2)
     return min_total, max_total
+
+
+class StopStrings:
+    """transformers' stop_strings criterion, framework-free: a row stops when one of the strings occurs in the text of
+    its tokens and that occurrence ends inside the last token (so a string that was already there earlier, in the
+    prompt say, never stops a row again). The text of a token is what the tokenizer decodes for it alone, as
+    transformers' StopStringCriteria builds it.
+
+    >>> stop = StopStrings(["\\n\\n"], tokenizer)       # any object with decode(list_of_ids) -> str
+    >>> stop([[198, 198], [11, 198]])                  # the last tokens of each row, oldest first
+    [True, False]
+    """
+
+    def __init__(self, stop_strings, tokenizer) -> None:
+        strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        if not strings or not all(isinstance(s, str) and s for s in strings):
+            raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {stop_strings!r}")
+        if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
+            raise ValueError("stop_strings need the model's tokenizer: pass it to generate() as tokenizer=... "
+                             "(transformers' rule)")
+        self.strings, self.tokenizer = strings, tokenizer
+        self.window = max(len(s) for s in strings) + 1  # tokens to look at: each token is at least one character
+        self._texts: dict[int, str] = {}
+
+    def _text(self, token: int) -> str:
+        text = self._texts.get(token)
+        if text is None:
+            text = self._texts[token] = self.tokenizer.decode([token])
+        return text
+
+    def __call__(self, rows: list[list[int]]) -> list[bool]:
+        """``rows``: each row's last tokens (at least ``window`` of them when it has that many)."""
+        out = []
+        for row in rows:
+            texts = [self._text(t) for t in row[-self.window:]]
+            tail, last = "".join(texts), len(texts[-1]) if texts else 0
+            # An occurrence starting at or after this index ends after the last token's first character.
+            out.append(any(tail.find(s, max(0, len(tail) - last - len(s) + 1)) != -1 for s in self.strings))
+        return out

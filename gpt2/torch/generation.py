@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..common import hub
-from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, GenerationConfig, eos_ids, merge,
-                                 resolve_lengths)
+from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, GenerationConfig, StopStrings, eos_ids,
+                                 merge, resolve_lengths)
 from ..common.outputs import GenerateDecoderOnlyOutput
 from .cache import KVCache
 from .logits_process import logits_processors, run_processors
@@ -214,7 +214,7 @@ class GenerationMixin:
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,
-                 generator: torch.Generator | None = None, **kwargs):
+                 generator: torch.Generator | None = None, tokenizer=None, **kwargs):
         """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
         or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput.
 
@@ -223,7 +223,8 @@ class GenerationMixin:
         typical_p, num_beams, length_penalty, early_stopping, repetition_penalty, no_repeat_ngram_size,
         bad_words_ids, min_new_tokens, eos_token_id, pad_token_id, num_return_sequences, output_scores, ...).
         ``streamer``: gets ``put(ids)`` / ``end()`` (e.g. TextStreamer). ``generator``: the torch.Generator that
-        sampling draws from (default: torch's global generator, as transformers). See docs/generation.md.
+        sampling draws from (default: torch's global generator, as transformers). ``tokenizer``: needed with
+        ``stop_strings`` (transformers' rule). See docs/generation.md.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -231,7 +232,7 @@ class GenerationMixin:
             input_ids = kwargs.pop("inputs")
         cfg = self._generation_settings(generation_config, kwargs)
         with torch.inference_mode():
-            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator)
+            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer)
         if isinstance(result, torch.Tensor):
             return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
         result.sequences = result.sequences.clone()
@@ -257,7 +258,7 @@ class GenerationMixin:
 _UNSUPPORTED = {  # settings whose decoding strategy is not implemented here -> ValueError, never silently ignored
     "penalty_alpha": lambda v: v is not None and v > 0, "num_beam_groups": lambda v: v != 1,
     "diversity_penalty": lambda v: v not in (None, 0, 0.0), "force_words_ids": lambda v: v is not None,
-    "stop_strings": lambda v: v is not None, "encoder_repetition_penalty": lambda v: v not in (None, 1, 1.0),
+    "encoder_repetition_penalty": lambda v: v not in (None, 1, 1.0),
     "guidance_scale": lambda v: v not in (None, 1, 1.0), "watermarking_config": lambda v: v is not None,
     "low_memory": lambda v: bool(v), "token_healing": lambda v: bool(v),
     "encoder_no_repeat_ngram_size": lambda v: v not in (None, 0), "prompt_lookup_num_tokens": lambda v: v is not None,
@@ -299,8 +300,9 @@ def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, stre
     return input_ids.to(device=device, dtype=torch.long), attention_mask
 
 
-def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator):
+def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer):
     input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer)
+    stop_strings = StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings is not None else None
     V, device = model.config.vocab_size, input_ids.device
     eos, pad = eos_ids(cfg), cfg.pad_token_id
     if pad is None and eos:
@@ -326,7 +328,7 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
                       record and cfg.output_hidden_states, _fixed_step(model, cfg, device))
     try:
-        stop = _Stop(eos, max_length, cfg.max_time, device)
+        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings)
         if cfg.num_beams > 1:
             from .beam_search import beam_search
 
@@ -390,18 +392,24 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None,
 
 
 class _Stop:
-    """transformers' stopping criteria: max_length, eos as the last token, max_time. Returns done rows (bool)."""
+    """transformers' stopping criteria: max_length, eos as the last token, max_time, stop strings (common/generation.py
+    StopStrings, on the host). Returns done rows (bool)."""
 
-    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device) -> None:
+    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None) -> None:
         self.eos = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
         self.max_length, self.max_time, self.start = max_length, max_time, time.time()
+        self.stop_strings = stop_strings
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[-1] >= self.max_length or (self.max_time is not None and time.time() - self.start > self.max_time):
             return torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
-        if self.eos is None:
-            return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        return torch.isin(ids[:, -1], self.eos)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        if self.eos is not None:
+            done = torch.isin(ids[:, -1], self.eos)
+        if self.stop_strings is not None:
+            hits = self.stop_strings(ids[:, -self.stop_strings.window:].tolist())
+            done = done | torch.tensor(hits, dtype=torch.bool, device=ids.device)
+        return done
 
 
 def _append(scores, step_scores, logits, step_logits, attentions, hidden, out) -> None:
