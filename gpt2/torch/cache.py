@@ -5,6 +5,10 @@ what a forward creates with ``use_cache=True``) or writes into buffers allocated
 generate() uses: nothing is re-allocated per step). It reads like transformers' caches and legacy tuples:
 ``cache[i]`` is layer i's ``(k, v)``, ``len(cache)``, ``get_seq_length()``, ``to_legacy_cache()``, and
 ``KVCache.from_legacy_cache(tuples)`` accepts transformers' old format.
+
+Models with cross-attention (add_cross_attention) also keep each layer's encoder keys/values here, computed at the
+first forward that has encoder_hidden_states and re-used by the later ones (transformers' EncoderDecoderCache does
+the same); legacy tuples are then ``(k, v, cross_k, cross_v)`` per layer.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ class KVCache:
         self.values: list[torch.Tensor] = []
         self.length = 0  # tokens held (the same for every layer once a forward has finished)
         self.static = False
+        self.cross_keys: list[torch.Tensor] = []  # encoder keys / values per layer (cross-attention), once computed
+        self.cross_values: list[torch.Tensor] = []
 
     @classmethod
     def static_cache(cls, n_layer: int, batch_size: int, n_head: int, max_length: int, head_dim: int,
@@ -37,10 +43,14 @@ class KVCache:
         """From transformers' tuple format: ((k, v), ...) per layer."""
         cache = cls()
         for layer in past:
-            if len(layer) < 2:
-                raise ValueError("past_key_values: each layer must hold (key, value)")
+            if len(layer) not in (2, 4):
+                raise ValueError(f"past_key_values: each layer must hold (key, value) or (key, value, cross_key, "
+                                 f"cross_value), got {len(layer)} tensors")
             cache.keys.append(layer[0])
             cache.values.append(layer[1])
+            if len(layer) == 4:
+                cache.cross_keys.append(layer[2])
+                cache.cross_values.append(layer[3])
         cache.length = cache.keys[0].shape[-2] if cache.keys else 0
         return cache
 
@@ -70,6 +80,16 @@ class KVCache:
             v_all = self.values[layer] = torch.cat([self.values[layer], v], dim=-2)
         return k_all, v_all
 
+    def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``layer``'s encoder keys and values, or None when not computed yet."""
+        return (self.cross_keys[layer], self.cross_values[layer]) if layer < len(self.cross_keys) else None
+
+    def set_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if layer != len(self.cross_keys):
+            raise ValueError(f"cross-attention cache: layer {layer} stored out of order")
+        self.cross_keys.append(k)
+        self.cross_values.append(v)
+
     def advance(self, n: int) -> None:
         """Record that a forward added ``n`` tokens to every layer."""
         self.length += n
@@ -83,14 +103,16 @@ class KVCache:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, ...], ...]:
+        if self.cross_keys:
+            return tuple(self[i] + self.cross(i) for i in range(len(self)))
         return tuple(self[i] for i in range(len(self)))
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         """Keep batch rows ``beam_idx`` (beam search), in place."""
-        for i in range(len(self.keys)):
-            self.keys[i] = self.keys[i].index_select(0, beam_idx.to(self.keys[i].device))
-            self.values[i] = self.values[i].index_select(0, beam_idx.to(self.values[i].device))
+        for store in (self.keys, self.values, self.cross_keys, self.cross_values):
+            for i, t in enumerate(store):
+                store[i] = t.index_select(0, beam_idx.to(t.device))
 
     def crop(self, length: int) -> None:
         """Forget everything after the first ``length`` tokens."""

@@ -68,13 +68,20 @@ class Attention(nn.Module):
                 encoder_hidden_states=None, padding_mask=None, output_attentions=False):
         B, T, C = x.shape
         if self.is_cross_attention:
-            q = self.q_attn(x)
-            k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
+            q = self._heads(self.q_attn(x))  # (B, nh, T, hs)
+            held = cache.cross(self.layer_idx) if cache is not None else None
+            if held is None:  # the encoder's keys and values: computed once, then re-used from the cache
+                k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
+                k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs)
+                if cache is not None:
+                    cache.set_cross(self.layer_idx, k, v)
+            else:
+                k, v = held
         else:
             q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
+            q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
         dropout = self.attn_dropout.p if self.training else 0.0
         probs = None
         if output_attentions or head_mask is not None or self.implementation == "eager":
@@ -125,7 +132,7 @@ class Block(nn.Module):
             if not hasattr(self, "crossattention"):
                 raise ValueError("encoder_hidden_states given, but the model has no cross-attention "
                                  "(config.add_cross_attention=False)")
-            a, cross_probs = self.crossattention(self.ln_cross_attn(x), encoder_mask, False, None, head_mask,
+            a, cross_probs = self.crossattention(self.ln_cross_attn(x), encoder_mask, False, cache, head_mask,
                                                 encoder_hidden_states, encoder_padding_mask, output_attentions)
             x = x + a
         return x + self.mlp(self.ln_2(x)), self_probs, cross_probs

@@ -155,6 +155,32 @@ def test_cross_attention_like_transformers(tmp_path):
                 ours(IDS, encoder_hidden_states=enc, encoder_attention_mask=enc_mask))
 
 
+def test_cross_attention_cache_like_transformers(tmp_path):
+    """Encoder keys/values are computed once and kept in the cache; decoding through it equals a full pass, and
+    the legacy tuples are transformers' (k, v, cross_k, cross_v) per layer, in both directions."""
+    theirs, ours = pair("GPT2LMHeadModel", tmp_path, add_cross_attention=True)
+    enc = torch.randn(2, 3, 16)
+    enc_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    cross = dict(encoder_hidden_states=enc, encoder_attention_mask=enc_mask)
+    with torch.no_grad():
+        full = ours(IDS, **cross).logits
+        first = ours(IDS[:, :4], **cross)
+        cache = first.past_key_values
+        assert len(cache.cross_keys) == 2
+        kept = cache.cross_keys[0]
+        rest = ours(IDS[:, 4:], past_key_values=cache, **cross)
+        assert rest.past_key_values.cross_keys[0] is kept  # not recomputed
+        np.testing.assert_allclose(rest.logits.numpy(), full[:, 4:].numpy(), atol=1e-5, rtol=0)
+        their_first = theirs(IDS[:, :4], use_cache=True, **cross)
+        legacy = their_first.past_key_values.to_legacy_cache()
+        ours_legacy = first.past_key_values.to_legacy_cache()
+        assert len(ours_legacy[0]) == len(legacy[0]) == 4
+        for a, b in zip(sum(map(tuple, legacy), ()), sum(map(tuple, ours_legacy), ())):
+            np.testing.assert_allclose(a.numpy(), b[:, :, : a.shape[2]].numpy(), atol=1e-5, rtol=0)
+        from_theirs = ours(IDS[:, 4:], past_key_values=legacy, **cross).logits
+        np.testing.assert_allclose(from_theirs.numpy(), full[:, 4:].numpy(), atol=1e-5, rtol=0)
+
+
 def test_saved_folder_loads_in_transformers(tmp_path):
     T = _hf()
     theirs, ours = pair("GPT2ForSequenceClassification", tmp_path / "a", num_labels=3)
