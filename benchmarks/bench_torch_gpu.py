@@ -64,6 +64,10 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=32, help="new tokens per generate() call")
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--impls", nargs="*", default=None, help="attention implementations (default: all)")
+    parser.add_argument("--batches", nargs="*", type=int, default=None)
+    parser.add_argument("--prompts", nargs="*", type=int, default=None, help="inference prompt lengths")
+    parser.add_argument("--no-train", action="store_true", help="inference table only")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import transformers
@@ -79,6 +83,10 @@ def main() -> int:
     train_seqs = (32, 64) if args.small else (128, 256, 512, 1024)
     prompt_seqs = (32, 64) if args.small else (128, 256, 512, 1024 - args.new)
     impls = ["eager", "sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
+    impls = args.impls or impls
+    batches = tuple(args.batches or batches)
+    prompt_seqs = tuple(args.prompts or prompt_seqs)
+    train_seqs = () if args.no_train else train_seqs
 
     folder = tempfile.mkdtemp()
     torch.manual_seed(0)

@@ -348,6 +348,7 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     scores, logits, attentions, hidden = ([] if record and flag else None for flag in (
         cfg.output_scores, cfg.output_logits, cfg.output_attentions, cfg.output_hidden_states))
+    late = _LateCheck(device) if _check_late(device, streamer, record, stop) else None
     cur, next_logits = T, decoder(input_ids)
     while True:
         next_scores = run_processors(processors, ids[:, :cur], next_logits)
@@ -363,8 +364,17 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
         if streamer is not None:
             streamer.put(next_tokens.cpu())
         unfinished &= ~stop(ids[:, :cur])
-        if not bool(unfinished.any()):
+        done_at = late.done() if late is not None else None
+        if done_at is not None:  # every row had finished one step ago: drop this step's token
+            cur = done_at
             break
+        if cur >= max_length:
+            break
+        if late is None:
+            if not bool(unfinished.any()):
+                break
+        else:
+            late.queue(unfinished.any(), cur)
         next_logits = decoder(next_tokens[:, None])
     if streamer is not None:
         streamer.end()
@@ -372,6 +382,44 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
         return ids[:, :cur]
     return GenerateDecoderOnlyOutput(ids[:, :cur], _tuple(scores), _tuple(logits), _tuple(attentions), _tuple(hidden),
                                      decoder.cache)
+
+
+def _check_late(device, streamer, record: bool, stop: "_Stop") -> bool:
+    """Read the stop check one step late (``_LateCheck``) on CUDA, where waiting for it every step would leave the GPU
+    idle while the host prepares the next step. Not with a streamer or recorded outputs (they would see the extra
+    step) nor with stop strings (their check reads the tokens on the host anyway)."""
+    return device.type == "cuda" and streamer is None and not record and stop.stop_strings is None
+
+
+class _LateCheck:
+    """Whether any row is still running, read one step late: step t's flag is copied to the host without waiting,
+    and read at step t+1, after that step's work is queued. When it says every row had finished, generate() drops
+    the one token computed since, so the output is what an immediate check gives (the only trace: sampling drew
+    from the generator once more)."""
+
+    def __init__(self, device) -> None:
+        cuda = device.type == "cuda"
+        self.flags = [torch.zeros((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if cuda else None
+        self.pending: tuple[int, int] | None = None  # (slot, length) of the flag in flight
+        self.slot = 0
+
+    def done(self) -> int | None:
+        """The length at which every row had finished, by the flag queued last; None while some row runs."""
+        if self.pending is None:
+            return None
+        slot, length = self.pending
+        if self.events is not None:
+            self.events[slot].synchronize()  # long done by now: the GPU is already on the next step
+        return length if not bool(self.flags[slot]) else None
+
+    def queue(self, any_running: torch.Tensor, cur: int) -> None:
+        """Start copying this step's flag (the ids are ``cur`` long) to the host, without waiting for it."""
+        slot = self.slot
+        self.flags[slot].copy_(any_running, non_blocking=self.events is not None)
+        if self.events is not None:
+            self.events[slot].record()
+        self.pending, self.slot = (slot, cur), 1 - slot
 
 
 def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:

@@ -199,3 +199,25 @@ def test_flash_layer_gives_a_four_d_mask_to_sdpa():
     for block in m.transformer.h:
         block.attn.implementation = "flash_attention_2"  # without flash-attn installed: must never be reached
     torch.testing.assert_close(m(IDS, attention_mask=mask4).logits, ref)
+
+
+@pytest.mark.parametrize("finish_at", [2, 5, 11, None])  # new tokens after which the last row finishes; None: never
+@pytest.mark.parametrize("sample", [False, True])
+def test_late_stop_check_gives_the_same_output(finish_at, sample, monkeypatch):
+    """The one-step-late stop check (used on CUDA) drops the extra step: the ids equal an immediate check's."""
+    import gpt2.torch.generation as generation
+
+    m = model(5)
+    kwargs = dict(do_sample=sample, generator=torch.Generator().manual_seed(0)) if sample else {}
+    free = run(m, **kwargs)
+    # Rows finish when they produce their own token at step finish_at (and the first row earlier).
+    if finish_at is None:
+        eos = [next(t for t in range(100) if t not in free)]
+    else:
+        eos = sorted({int(free[0, 6 + 1]), int(free[1, 6 + finish_at - 1]), int(free[2, 6 + finish_at - 1])})
+    kwargs = dict(kwargs, eos_token_id=eos)
+    immediate = run(m, **dict(kwargs, generator=torch.Generator().manual_seed(0)) if sample else kwargs)
+    monkeypatch.setattr(generation, "_check_late", lambda *args: True)
+    late = run(m, **dict(kwargs, generator=torch.Generator().manual_seed(0)) if sample else kwargs)
+    assert torch.equal(late, immediate)
+    assert (immediate.shape[1] == IDS.shape[1] + 12) == (finish_at is None)

@@ -90,3 +90,19 @@ def test_torch_compile_reduce_overhead_on_cuda():
         compiled = model.generate(ids, attention_mask=mask, max_new_tokens=12, pad_token_id=0,
                                   compile_config={"mode": "reduce-overhead"})
         assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_default_cuda_generate_with_rows_finishing_early(sample):
+    """The default path on CUDA (CUDA graph + the one-step-late stop check) against the eager, immediate one."""
+    torch.manual_seed(2)
+    model = GPT2LMHeadModel(GPT2Config(**CONFIG, initializer_range=0.4)).to("cuda").eval()
+    ids, mask = _padded_prompt()
+    kwargs = dict(attention_mask=mask, max_new_tokens=14, pad_token_id=0, do_sample=sample)
+    free = model.generate(ids, generator=torch.Generator("cuda").manual_seed(0), **kwargs)
+    eos = sorted({int(free[0, 11]), int(free[1, 15]), int(free[2, 17])})
+    fast = model.generate(ids, generator=torch.Generator("cuda").manual_seed(0), eos_token_id=eos, **kwargs)
+    slow = model.generate(ids, generator=torch.Generator("cuda").manual_seed(0), eos_token_id=eos,
+                          disable_compile=True, return_dict_in_generate=True, **kwargs).sequences
+    assert torch.equal(fast, slow)
+    assert fast.shape[1] < ids.shape[1] + 14
