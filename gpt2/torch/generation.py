@@ -271,7 +271,8 @@ def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, stre
     """Validate at the boundary; returns (input_ids, attention_mask) as long tensors on the model's device."""
     for name, unsupported in _UNSUPPORTED.items():
         if unsupported(getattr(cfg, name, None)):
-            why = "contrastive, group-beam, constrained and guided decoding are not implemented"
+            why = ("contrastive, group-beam, constrained and guided decoding are not implemented; transformers 4.56+ "
+                   "moved the first three to Hub code, which this package never runs")
             if name == "cache_implementation":
                 why = "only 'static' and 'dynamic' are, both run as one preallocated cache"
             raise ValueError(f"generate(): {name}={getattr(cfg, name)!r} is not supported ({why})")

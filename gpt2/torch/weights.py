@@ -218,7 +218,8 @@ class GPT2PreTrainedModel(nn.Module):
         """Load any checkpoint format (safetensors, pytorch_model.bin, tf_model.h5, flax_model.msgpack, OpenAI's).
 
         ``torch_dtype`` (or ``dtype``): None (float32), "auto" (the checkpoint's), a name or a torch dtype.
-        ``device`` / ``device_map``: one device ("cpu", "cuda", "cuda:1", "auto" = CUDA when available).
+        ``device`` / ``device_map``: one device ("cpu", "cuda", "cuda:1", 0, "auto" = CUDA when available), or a
+        device_map dict that names one device (``{"": "cuda:0"}``); layers over several devices are refused.
         Head weights the checkpoint lacks are initialised and reported with a warning, as transformers does.
         """
         name = pretrained_model_name_or_path
@@ -259,10 +260,36 @@ class GPT2PreTrainedModel(nn.Module):
 
 
 def _resolve_device(device) -> torch.device:
+    """``device`` / ``device_map`` -> one torch.device. A device_map dict (transformers' ``{"": 0}``, or module names
+    -> devices) is accepted when it names one device: model parallelism (layers on several devices) is not offered."""
     if device is None:
         return torch.device("cpu")
     if isinstance(device, dict):
-        raise ValueError("device_map as a dict (model parallel) is not supported; give one device such as 'cuda'")
-    if device == "auto":
+        if not device or not all(isinstance(k, str) for k in device):
+            raise ValueError(f"device_map must map module names (strings; '' = the whole model) to devices, got "
+                             f"{device!r}")
+        targets = {_resolve_device(v) for v in device.values()}
+        if len(targets) > 1:
+            raise ValueError(f"device_map spreads the model over {', '.join(sorted(map(str, targets)))}: model "
+                             f"parallelism is not supported; map every module to one device, e.g. {{'': 'cuda:0'}}")
+        return targets.pop()
+    if isinstance(device, str) and device in ("auto", "balanced", "balanced_low_0", "sequential"):
+        if torch.cuda.device_count() > 1 and device != "auto":
+            raise ValueError(f"device_map={device!r} would spread the model over {torch.cuda.device_count()} GPUs: "
+                             f"model parallelism is not supported; give one device such as 'cuda:0'")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, bool) or not isinstance(device, (int, str, torch.device)):
+        raise TypeError(f"device must be a device name, an index or a torch.device, got {type(device).__name__}")
+    if isinstance(device, int):  # transformers' device_map indices are CUDA devices
+        if device < 0:
+            raise ValueError(f"device index must be >= 0, got {device}")
+        device = f"cuda:{device}"
+    if device == "disk":
+        raise ValueError("device_map 'disk' (offloading weights to disk) is not supported")
+    try:
+        target = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a device torch knows: {e}") from None
+    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {str(target)!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return target

@@ -297,3 +297,27 @@ def test_resize_token_embeddings(tmp_path):
     assert ours.lm_head.weight is ours.transformer.wte.weight
     assert torch.equal(ours.transformer.wte.weight[:50], old)
     assert ours(torch.tensor([[55, 1]])).logits.shape == (1, 2, 56)
+
+
+def test_device_and_device_map(tmp_path):
+    """One device, however transformers' users name it; a map over several devices is a clear error."""
+    import gpt2.torch as ours_module
+
+    pair("GPT2LMHeadModel", tmp_path)
+    load = ours_module.GPT2LMHeadModel.from_pretrained
+    for device_map in ({"": "cpu"}, {"transformer": "cpu", "lm_head": torch.device("cpu")}, "cpu", "auto"
+                       if not torch.cuda.is_available() else "cpu"):
+        assert load(tmp_path, device_map=device_map).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="model parallelism is not supported"):
+        load(tmp_path, device_map={"transformer": "cpu", "lm_head": "meta"})
+    with pytest.raises(ValueError, match="module names"):
+        load(tmp_path, device_map={0: "cpu"})
+    with pytest.raises(ValueError, match="not supported"):
+        load(tmp_path, device_map="disk")
+    with pytest.raises(ValueError, match="not a device torch knows"):
+        load(tmp_path, device="gpu7")
+    with pytest.raises(TypeError, match="device must be"):
+        load(tmp_path, device=1.5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees 0 CUDA device"):
+            load(tmp_path, device_map={"": 0})
