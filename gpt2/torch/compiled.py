@@ -5,10 +5,10 @@ token, and GPT2Model.forward checks ids on the host: neither can be captured. Th
 token: it writes the new key/value at ``position`` (a device tensor) into the static cache with ``index_copy_`` and
 attends over the whole buffer, the positions not yet written (and left padding) hidden by an additive mask that the
 caller opens one column per token. Masked columns weigh exactly 0 after the softmax, so the logits equal the eager
-step's up to float summation order; generate() is token for token the same (tests/torch/test_generate.py).
+step's up to float summation order; generate() is token for token the same (tests/torch/test_compiled.py).
 
-When generate() uses it (docs/generation.md): on a CUDA device by default, as one CUDA graph per generate() call
-(``disable_compile=True`` turns it off); on any device with ``compile_config=...`` (transformers' CompileConfig
+When generate() uses it (docs/generation.md): on a CUDA device by default, as a CUDA graph kept for the next call
+of the same shape (``disable_compile=True`` turns it off); on any device with ``compile_config=...`` (transformers' CompileConfig
 fields: fullgraph, dynamic, backend, mode, options), through torch.compile. Never with output_attentions /
 output_hidden_states, head masks or dropout (training mode): those take the eager step.
 """
@@ -16,12 +16,16 @@ output_hidden_states, head masks or dropout (training mode): those take the eage
 from __future__ import annotations
 
 import threading
+import weakref
 
 import torch
 
 from .attention import mask_value, sdpa_attention
 
 COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
+# What a model keeps between generate() calls (its last FixedStep, its torch.compile wrappers), outside the model so
+# that copy.deepcopy / pickling a model never meets a CUDA graph or a lock; gone with the model.
+_KEPT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def decode_step(model, ids, positions, mask, keys, values, position):
@@ -77,7 +81,7 @@ class FixedStep:
     def __init__(self, model, cache, how: str, options: dict | None = None) -> None:
         B, L = cache.keys[0].shape[0], cache.keys[0].shape[2]
         device = cache.keys[0].device
-        self.model, self.cache, self.how = model, cache, how
+        self.model_ref, self.cache, self.how = weakref.ref(model), cache, how  # weak: _KEPT must not keep it alive
         self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
@@ -95,13 +99,13 @@ class FixedStep:
         """The model's kept step when ``key`` (shapes, dtype, parameter addresses) matches and it is free, else a
         new one over ``cache_factory()`` (kept when ``keep``). Call ``start`` on it, and ``release`` after the run."""
         key = (how, repr(options), key, tuple(p.data_ptr() for p in model.parameters()))
-        kept = model.__dict__.get("_fixed_step")
+        kept = _KEPT.setdefault(model, {}).get("step")
         if kept is not None and kept[0] == key and kept[1].busy.acquire(blocking=False):
             return kept[1]
         step = cls(model, cache_factory(), how, options)
         step.busy.acquire()
         if keep and (kept is None or not kept[1].busy.locked()):
-            model.__dict__["_fixed_step"] = (key, step)  # replaces (frees) the one kept before
+            _KEPT[model]["step"] = (key, step)  # replaces (frees) the one kept before
         return step
 
     def start(self, attention_mask, T: int) -> None:
@@ -119,7 +123,8 @@ class FixedStep:
 
     def _run(self) -> torch.Tensor:
         fn = self.fn if self.how == "compile" else decode_step
-        return fn(self.model, self.ids, self.positions, self.mask, self.cache.keys, self.cache.values, self.position)
+        return fn(self.model_ref(), self.ids, self.positions, self.mask, self.cache.keys, self.cache.values,
+                  self.position)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
         self.ids.copy_(ids)
@@ -149,7 +154,7 @@ class FixedStep:
 
 def _compiled(model, options: dict):
     """One torch.compile wrapper per model and options, so that later generate() calls reuse its compiled code."""
-    store = model.__dict__.setdefault("_compiled_decode_steps", {})
+    store = _KEPT.setdefault(model, {}).setdefault("compiled", {})
     key = repr(sorted(options.items()))
     if key not in store:
         store[key] = torch.compile(decode_step, **options)

@@ -161,11 +161,21 @@ def test_kept_step_is_reused_only_while_valid(force_fixed, monkeypatch):
         m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight * 1.5)  # new storage: a graph would read freed memory
     check(ids=IDS[1:], mask=None)
     assert len(made) == 3
-    kept = m.__dict__["_fixed_step"][1]
+    kept = compiled._KEPT[m]["step"][1]
     kept.busy.acquire()  # as if another thread were generating with it
     check(ids=IDS[1:], mask=None)
-    assert len(made) == 4 and m.__dict__["_fixed_step"][1] is kept
+    assert len(made) == 4 and compiled._KEPT[m]["step"][1] is kept
     kept.release()
+    copy = __import__("copy").deepcopy(m)  # what is kept lives outside the model: copies and pickles work
+    check(ids=IDS[1:], mask=None)
+    assert torch.equal(run(copy, attention_mask=None), run(m, attention_mask=None))
+    assert compiled._KEPT[copy]["step"][1] is not compiled._KEPT[m]["step"][1]
+    import gc
+
+    n = len(compiled._KEPT)
+    del copy
+    gc.collect()
+    assert len(compiled._KEPT) == n - 1  # gone with its model
 
 
 @pytest.mark.parametrize("compile_config, error, match", [
