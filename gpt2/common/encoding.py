@@ -148,6 +148,65 @@ def truncate_pair(first: list, second: list | None, max_length: int, strategy: s
     return cut(first, cut_first), cut(second, cut_second)
 
 
+def overflow_windows(first: list, second: list | None, max_length: int, strategy: str, side: str, stride: int,
+                     balanced: bool = True) -> list[tuple[list, list | None]]:
+    """transformers' Rust tokenizer with return_overflowing_tokens: every (first, second) piece pair to encode.
+
+    The kept pair comes first. A truncated sequence is cut into windows of its kept length, each starting ``stride``
+    tokens before the previous one ends (from the end, on the left side); then, in the Rust merge order, each later
+    window of the first sequence with the second's first window and with each of its later windows, and last the
+    first window of the first sequence with each later window of the second.
+    """
+    total = len(first) + len(second or [])
+    if strategy == "do_not_truncate" or total <= max_length:
+        return [(first, second)]
+    kept_first, kept_second = truncate_pair(first, second, max_length, strategy, side, balanced)
+    a = _windows(first, len(kept_first), stride, side) if len(kept_first) < len(first) else [first]
+    b = [second]
+    if second is not None and len(kept_second) < len(second):
+        b = _windows(second, len(kept_second), stride, side)
+    out = [(a[0], b[0])]
+    for later in a[1:]:
+        out += [(later, b[0])] + [(later, other) for other in b[1:]]
+    return out + [(a[0], other) for other in b[1:]]
+
+
+def _windows(seq: list, size: int, stride: int, side: str) -> list[list]:
+    """``seq`` in windows of ``size`` overlapping by ``stride`` (the Rust tokenizer's Encoding.truncate)."""
+    if size == 0:
+        return [[], seq]
+    if stride >= size:
+        raise ValueError(f"stride={stride} must be smaller than the length each window keeps ({size}: max_length "
+                         f"less special tokens and the other sequence)")
+    out, step, n = [], size - stride, len(seq)
+    if side == "left":
+        for last in range(n - 1, -1, -step):
+            start = max(0, last + 1 - size)
+            out.append(seq[start: last + 1])
+            if start == 0:
+                break
+    else:
+        for start in range(0, n, step):
+            out.append(seq[start: start + size])
+            if start + size >= n:
+                break
+    return out
+
+
+def overflow_tail(first: list, second: list | None, max_length: int, strategy: str, side: str, stride: int) -> list:
+    """transformers' Python tokenizer with return_overflowing_tokens: the tokens truncation removes, with the
+    ``stride`` tokens before them (from the truncated sequence)."""
+    if strategy == "longest_first" and second is not None:
+        raise ValueError("return_overflowing_tokens with a pair of sequences needs truncation='only_first' or "
+                         "'only_second', not 'longest_first' (transformers' rule)")
+    excess = len(first) + len(second or []) - max_length
+    if excess <= 0 or strategy == "do_not_truncate":
+        return []
+    seq = second if strategy == "only_second" else first
+    window = min(len(seq), stride + excess)
+    return seq[:window] if side == "left" else seq[len(seq) - window:]
+
+
 def pad_rows(rows: list[dict], strategy: str, max_length: int | None, pad_to_multiple_of: int | None,
              side: str, pad_id: int | None) -> None:
     """Pad each row's lists in place to a common length. Rows hold input_ids and the keys that ride along."""

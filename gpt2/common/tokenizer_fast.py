@@ -98,6 +98,7 @@ class GPT2TokenizerFast(TokenizerBase):
     _bos_before_pair = False
     _length_counts_padding = True
     _balanced_truncation = True
+    _overflow_windows = True
     _spaces_around_added = False
 
     def _encode_batch(self, texts, offsets):
