@@ -63,34 +63,45 @@ def read_vocab(
             encoder = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{vocab_path}: not a JSON file ({e})") from e
+
+    def merge_lines():
+        with open(merges_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts or (lineno == 1 and line.startswith("#version")):
+                    continue  # OpenAI's header line "#version: 0.2" and the trailing empty line
+                yield f"{merges_path}, line {lineno}", parts, line.rstrip()
+
+    return encoder, check_vocabulary(encoder, merge_lines(), str(vocab_path))
+
+
+def check_vocabulary(encoder, merges, vocab_name: str) -> list[tuple[str, str]]:
+    """Validate a vocabulary: ``encoder`` token -> unique id >= 0; ``merges`` yields ``(where, parts, shown)`` in
+    rank order, each ``parts`` two tokens whose concatenation is a token. Returns the merges as pairs; errors are
+    ValueErrors naming ``where`` (a file and line, or a file and index) and ``vocab_name``."""
     if not isinstance(encoder, dict):
-        raise ValueError(f"{vocab_path}: expected a JSON object token -> id, got {type(encoder).__name__}")
+        raise ValueError(f"{vocab_name}: expected a JSON object token -> id, got {type(encoder).__name__}")
     seen: dict[int, str] = {}
     for token, i in encoder.items():
         if type(i) is not int or i < 0:
-            raise ValueError(f"{vocab_path}: token {token!r} has id {i!r}, expected an integer >= 0")
+            raise ValueError(f"{vocab_name}: token {token!r} has id {i!r}, expected an integer >= 0")
         if i in seen:
-            raise ValueError(f"{vocab_path}: id {i} is given to both {seen[i]!r} and {token!r}")
+            raise ValueError(f"{vocab_name}: id {i} is given to both {seen[i]!r} and {token!r}")
         seen[i] = token
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
-    with open(merges_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or (lineno == 1 and line.startswith("#version")):
-                continue  # OpenAI's header line "#version: 0.2" and the trailing empty line
-            where = f"{merges_path}, line {lineno}"
-            if len(parts) != 2:
-                raise ValueError(f"{where}: expected two tokens separated by a space, got {line.rstrip()!r}")
-            left, right = parts
-            for token in (left, right, left + right):
-                if token not in encoder:
-                    raise ValueError(f"{where}: merge {left!r} + {right!r}: {token!r} is not in {vocab_path}")
-            if (left, right) in ranks:
-                raise ValueError(f"{where}: merge {left!r} + {right!r} repeats line {ranks[left, right]}")
-            ranks[left, right] = lineno
-            merges.append((left, right))
-    return encoder, merges
+    pairs: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], str] = {}
+    for where, parts, shown in merges:
+        if len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+            raise ValueError(f"{where}: expected two tokens separated by a space, got {shown!r}")
+        left, right = parts
+        for token in (left, right, left + right):
+            if token not in encoder:
+                raise ValueError(f"{where}: merge {left!r} + {right!r}: {token!r} is not in {vocab_name}")
+        if (left, right) in ranks:
+            raise ValueError(f"{where}: merge {left!r} + {right!r} repeats {ranks[left, right]}")
+        ranks[left, right] = where.rsplit(", ", 1)[-1]  # "line 3" (merges.txt), "merge 3" (tokenizer.json)
+        pairs.append((left, right))
+    return pairs
 
 
 class ByteLevelBPE:

@@ -28,6 +28,7 @@ from . import files
 from .bpe import ByteLevelBPE, bytes_to_unicode, read_vocab
 from .encoding import char_offsets
 from .tokenizer_call import CallMixin
+from .tokenizer_json import TOKENIZER_FILE, read_tokenizer_json, tokenizer_json
 from .tokens import AddedToken, AddedVocabulary
 
 ENDOFTEXT = "<|endoftext|>"
@@ -85,10 +86,14 @@ class TokenizerBase(CallMixin):
         added_tokens_decoder: dict[int, AddedToken] | None = None,
         sep_token=None, cls_token=None, mask_token=None,
         name_or_path: str = "",
+        tokenizer_file: str | os.PathLike | None = None,
     ) -> None:
-        vocab_file = vocab_file or PACKAGED_VOCAB / "vocab.json"
-        merges_file = merges_file or PACKAGED_VOCAB / "merges.txt"
-        self.encoder, self.merges = read_vocab(vocab_file, merges_file)
+        if tokenizer_file is not None and vocab_file is None and merges_file is None:  # tokenizer.json alone
+            self.encoder, self.merges, added = read_tokenizer_json(tokenizer_file)
+            added_tokens_decoder = added if added_tokens_decoder is None else added_tokens_decoder
+        else:
+            self.encoder, self.merges = read_vocab(vocab_file or PACKAGED_VOCAB / "vocab.json",
+                                                   merges_file or PACKAGED_VOCAB / "merges.txt")
         self.decoder = {i: t for t, i in self.encoder.items()}
         self.byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
         self.bpe = self._engine(self.encoder, self.merges)
@@ -112,7 +117,7 @@ class TokenizerBase(CallMixin):
         for name, value in dict(bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
                                 sep_token=sep_token, cls_token=cls_token, mask_token=mask_token).items():
             if value is not None:
-                self._set_special(name, value)
+                self._set_special(name, value, normalized=True)
         self._additional: list[str] = []
         self.add_special_tokens({"additional_special_tokens": list(additional_special_tokens)})
 
@@ -138,13 +143,15 @@ class TokenizerBase(CallMixin):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- special and added tokens -----------------------------------------------------------------------------------
-    def _set_special(self, name: str, value) -> None:
+    def _set_special(self, name: str, value, normalized: bool = False) -> None:
+        """Set a special token; a plain string becomes an AddedToken with ``normalized`` (transformers: True for
+        the constructor's arguments, False for tokens added later)."""
         if value is None:
             self._special.pop(name, None)
             return
         if not isinstance(value, (str, AddedToken)):
             raise TypeError(f"{name} must be a str or AddedToken, got {type(value).__name__}")
-        token = value if isinstance(value, AddedToken) else AddedToken(value, special=True, normalized=False)
+        token = value if isinstance(value, AddedToken) else AddedToken(value, special=True, normalized=normalized)
         if token.content not in self.encoder and token.content not in self.added.encoder:
             self.added.add(token.with_special(True))  # as transformers does: a new special token gets a new id
         else:
@@ -421,7 +428,8 @@ class TokenizerBase(CallMixin):
         return config
 
     def save_pretrained(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, ...]:
-        """Write vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json (+ added_tokens.json)."""
+        """Write vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json (+ added_tokens.json; and
+        tokenizer.json for GPT2TokenizerFast, as transformers)."""
         folder = Path(save_directory)
         written = self.save_vocabulary(folder, filename_prefix)
         dump = lambda data: json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # noqa: E731
@@ -430,6 +438,10 @@ class TokenizerBase(CallMixin):
         if self._additional:
             specials["additional_special_tokens"] = list(self._additional)
         extra = {"tokenizer_config.json": dump(self.tokenizer_config()), "special_tokens_map.json": dump(specials)}
+        if self.is_fast:  # transformers' fast tokenizer writes tokenizer.json too (indent 2, keys in its order)
+            bos = (self.bos_token, self.bos_token_id) if self.add_bos_token and self.bos_token is not None else None
+            content = tokenizer_json(self.encoder, self.merges, self.added_tokens_decoder, self.add_prefix_space, bos)
+            extra[TOKENIZER_FILE] = json.dumps(content, indent=2, ensure_ascii=False)
         beyond = {t.content: i for i, t in self.added.decoder.items() if i >= self.vocab_size}
         if beyond:
             extra["added_tokens.json"] = dump(beyond)

@@ -1,7 +1,7 @@
 """Reading a tokenizer folder (transformers' layout) into the keyword arguments of GPT2Tokenizer(Fast).
 
-Files: vocab.json + merges.txt (required), tokenizer_config.json, special_tokens_map.json, added_tokens.json
-(optional). A preset name ("gpt2", "distilgpt2", ...) with no folder or cache entry uses the vocabulary shipped in
+Files: vocab.json + merges.txt (or, without them, tokenizer.json), tokenizer_config.json, special_tokens_map.json,
+added_tokens.json (optional). A preset name ("gpt2", "distilgpt2", ...) with no folder or cache entry uses the vocabulary shipped in
 the package, with the presets' model_max_length of 1024.
 """
 
@@ -34,12 +34,17 @@ def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cac
     if vocab is None or merges is None:
         vocab, merges = find("vocab.json"), find("merges.txt")
     if vocab is None or merges is None:
-        missing = "vocab.json" if vocab is None else "merges.txt"
-        raise FileNotFoundError(
-            f"no {missing} for {str(name_or_path)!r}: looked in {hub.describe_lookup(name_or_path, cache_dir)}; "
-            f"names that need no files: {', '.join(p for p in presets if '/' not in p)}"
-        )
-    kwargs.update(vocab_file=vocab, merges_file=merges)
+        whole = find("tokenizer.json")  # the tokenizers library's single file holds both
+        if whole is None:
+            missing = "vocab.json" if vocab is None else "merges.txt"
+            raise FileNotFoundError(
+                f"no {missing} (nor tokenizer.json) for {str(name_or_path)!r}: looked in "
+                f"{hub.describe_lookup(name_or_path, cache_dir)}; names that need no files: "
+                f"{', '.join(p for p in presets if '/' not in p)}"
+            )
+        kwargs["tokenizer_file"] = whole
+    else:
+        kwargs.update(vocab_file=vocab, merges_file=merges)
     config_path = find("tokenizer_config.json")
     config = files.read_json(config_path) if config_path is not None else {}
     if not isinstance(config, dict):
@@ -66,5 +71,5 @@ def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cac
         decoder = {int(i): AddedToken(c, special=c in special_contents) for c, i in files.read_json(added_path).items()}
     kwargs.update(specials)
     kwargs["additional_special_tokens"] = additional
-    kwargs["added_tokens_decoder"] = decoder
+    kwargs["added_tokens_decoder"] = decoder or None  # None: tokenizer.json's own added tokens, if read
     return kwargs
