@@ -119,15 +119,18 @@ LAYOUT_DOC = {
 }
 
 
-def to_format(state: dict[str, np.ndarray], key_of, where: str) -> dict[str, np.ndarray]:
-    """Canonical -> a format's names and layouts, by its ``key_of``. Refuses a tensor the format cannot hold."""
+def to_format(state: dict[str, np.ndarray], key_of, where: str, lazy: bool = False) -> dict:
+    """Canonical -> a format's names and layouts, by its ``key_of``. Refuses a tensor the format cannot hold.
+    ``lazy``: the values are zero-argument functions that make each array when called (a streaming writer then
+    holds one converted tensor at a time)."""
     out = {}
     for name, array in state.items():
         mapped = key_of(name)
         if mapped is None:
             raise CheckpointError(f"{where}: this format has no place for the tensor {name!r}")
         key, op = mapped
-        out[key] = LAYOUT_OPS[op][0](array)
+        convert = LAYOUT_OPS[op][0]
+        out[key] = (lambda convert=convert, array=array: convert(array)) if lazy else convert(array)
     return out
 
 

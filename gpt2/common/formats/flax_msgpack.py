@@ -131,19 +131,34 @@ def _chunk(array: np.ndarray):
 
 
 def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
+    """Stream the tree into the file, one tensor at a time (the whole file is never held in memory), atomically."""
     import msgpack
 
     if max_shard_size is not None:
         raise ValueError("flax_model.msgpack is written as one file; max_shard_size applies to safetensors and pytorch")
     path = folder / FILENAMES[0]
     tree: dict = {}
-    for key, array in to_format(state, key_of, str(path)).items():
+    for key, make in to_format(state, key_of, str(path), lazy=True).items():
         *parents, leaf = key.split("/")
         node = tree
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = _chunk(array)
-    files.write_bytes(path, msgpack.packb(tree, default=_encode_ext, use_bin_type=True))
-    if progress is not None:
-        progress(sum(a.nbytes for a in state.values()))
+        node[leaf] = make  # converted (transposed) only when written
+    packer = msgpack.Packer(default=_encode_ext, use_bin_type=True)
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        def emit(node) -> None:  # the same bytes msgpack.packb(tree) gives: map header, then key, value, ...
+            if callable(node):
+                array = node()
+                emit(_chunk(array))
+                if progress is not None:
+                    progress(array.nbytes)
+            elif isinstance(node, dict):
+                f.write(packer.pack_map_header(len(node)))
+                for key, value in node.items():
+                    f.write(packer.pack(key))
+                    emit(value)
+            else:
+                f.write(packer.pack(node))
+
+        emit(tree)
     return [path]
