@@ -18,7 +18,9 @@ _LAYER = re.compile(r"(h(?:_\._|/|\.)?)0(?=[/.])")  # h.0. / h_._0/ / h/0/ / h0/
 _FILES = {
     "safetensors": "model.safetensors (sharded: model-0000k-of-0000n.safetensors + model.safetensors.index.json)",
     "pytorch": "pytorch_model.bin (sharded: pytorch_model-0000k-of-0000n.bin + pytorch_model.bin.index.json)",
-    "tf": "tf_model.h5 (Keras 2 HDF5 weights; names below drop the first component, the model name)",
+    "tf": ("tf_model.h5 (Keras 2 HDF5 weights; names below drop the first component, the model name; sharded: "
+           "tf_model-0000k-of-0000n.h5 + tf_model.h5.index.json, whose keys keep the model name). transformers' TF "
+           "classes also write model.safetensors with these names (metadata format 'tf'), read as well"),
     "flax": "flax_model.msgpack (flax.serialization msgpack; names below are '/'-joined tree paths)",
     "openai": "OpenAI's TF checkpoint: model.ckpt.index + model.ckpt.data-00000-of-00001 (read only)",
 }

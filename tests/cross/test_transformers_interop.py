@@ -161,3 +161,30 @@ def test_cross_attention_through_tf(tmp_path):
     assert_outputs_close(their_outputs("GPT2LMHeadModel", "pt", tmp_path / "pt", inputs), reference, "pt")
     convert(tmp_path / "theirs" / "safetensors", tmp_path / "tf", to="tf")
     assert_outputs_close(their_outputs("GPT2LMHeadModel", "tf", tmp_path / "tf", inputs), reference, "tf")
+
+
+@pytest.mark.parametrize("how", ["h5 sharded", "safetensors", "safetensors sharded"])
+def test_transformers_tf_files_in_every_form(lm_sources, how, tmp_path):
+    """transformers' TF class also writes sharded tf_model.h5 (its own shard layout, an index with model-named
+    keys) and model.safetensors with TF names (metadata format "tf"): all read to the same state."""
+    root, _ = lm_sources
+    model = _hf().TFGPT2LMHeadModel.from_pretrained(root / "tf")
+    model.save_pretrained(tmp_path, safe_serialization=how.startswith("safetensors"),
+                          max_shard_size="2KB" if how.endswith("sharded") else "10GB")
+    assert any(p.name.endswith(".index.json") for p in tmp_path.iterdir()) == how.endswith("sharded")
+    theirs, _ = load_checkpoint(tmp_path)
+    base, _ = load_checkpoint(root / "safetensors")
+    assert theirs.keys() == base.keys()
+    for k in base:
+        np.testing.assert_array_equal(theirs[k], base[k], err_msg=k)
+
+
+def test_sharded_tf_h5_we_write_loads_in_transformers(lm_sources, tmp_path):
+    root, reference = lm_sources
+    written = convert(root / "safetensors", tmp_path, to="tf", max_shard_size="2KB")
+    names = sorted(p.name for p in written)
+    assert "tf_model.h5.index.json" in names and any(n.startswith("tf_model-00001-of-") for n in names)
+    assert not (tmp_path / "tf_model.h5").exists()
+    assert_outputs_close(their_outputs("GPT2LMHeadModel", "tf", tmp_path, {"input_ids": IDS}), reference, "tf")
+    convert(root / "safetensors", tmp_path, to="tf")  # one file again: the shards and index go
+    assert sorted(p.name for p in tmp_path.iterdir() if "tf_model" in p.name) == ["tf_model.h5"]

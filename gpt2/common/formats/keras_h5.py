@@ -8,6 +8,10 @@ transformers matches weights by name with the model name (first component) strip
 ``transformer/h_._0/attn/c_attn/weight:0``. Conv1D weights are already [in, out]; their biases are [1, out];
 LayerNorms are gamma/beta; Dense heads store kernels [in, out] (torch Linear's transpose). transformers' TF GPT-2
 always ties lm_head to wte, so an untied lm_head has no place here.
+
+Sharded (transformers' TF ``save_pretrained(max_shard_size=...)``): ``tf_model-0000k-of-0000n.h5`` files, each with
+its weights as root datasets named without the model name and listed in a ``layer_names`` attribute, and
+``tf_model.h5.index.json`` whose weight_map uses the full names (model name first).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import numpy as np
 
 from .. import files
 from ..checkpoint import CheckpointError, architecture_of, from_format, to_format
+from . import pt_layout
 
 FORMAT = "tf"
-FILENAMES = ("tf_model.h5",)
+FILENAMES = ("tf_model.h5", "tf_model.h5.index.json")
 _LAYER_NORMS = ("ln_1", "ln_2", "ln_cross_attn", "ln_f")
 _DENSE_HEADS = ("score", "classifier", "qa_outputs", "multiple_choice_head")
 _ATTR_LIMIT = 64512  # HDF5 object header limit that Keras splits attributes at
@@ -37,8 +42,7 @@ _MODEL_NAMES = {
 
 
 def find(folder: Path) -> Path | None:
-    path = folder / FILENAMES[0]
-    return path if path.is_file() else None
+    return pt_layout.find(folder, FILENAMES)
 
 
 def key_of(name: str) -> tuple[str, str] | None:
@@ -108,15 +112,37 @@ def read_raw(path: Path):
         raise CheckpointError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
 
 
+def _read_shard(path: Path):
+    """A shard of transformers' sharded TF checkpoint: root datasets listed in ``layer_names``, lazily."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {str(path)!r}")
+    try:
+        with h5py.File(path, "r") as f:
+            for name in _attr_list(f, "layer_names", path):
+                if name not in f or not isinstance(f[name], h5py.Dataset):
+                    raise CheckpointError(f"{path}: weight {name!r} is listed but absent")
+                yield name, np.asarray(f[name])
+    except CheckpointError:
+        raise
+    except Exception as e:  # h5py reports damaged files as OSError, KeyError, RuntimeError, UnicodeDecodeError...
+        raise CheckpointError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
+
+
+def _strip_model_name(name: str) -> str:
+    return name if "/" not in name else name.split("/", 1)[1]
+
+
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
-    return from_format(read_raw(main), key_of, config, str(main), _aliases, progress)
+    if main.name.endswith(".index.json"):
+        raw = pt_layout.read(main, _read_shard, index_key=_strip_model_name)
+    else:
+        raw = read_raw(main)
+    return from_format(raw, key_of, config, str(main), _aliases, progress)
 
 
 def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
-    import h5py
-
-    if max_shard_size is not None:
-        raise ValueError("tf_model.h5 is written as one file; max_shard_size applies to safetensors and pytorch")
     if "lm_head.weight" in state:
         raise CheckpointError(
             "tf_model.h5 cannot hold an untied lm_head.weight: transformers' TF GPT-2 always ties it to wte "
@@ -124,22 +150,44 @@ def write(state, folder: Path, config, *, max_shard_size=None, progress=None) ->
         )
     model_name = _MODEL_NAMES[architecture_of(state, config)]
     path = folder / FILENAMES[0]
-    layers: dict[str, list[tuple[str, np.ndarray]]] = {}
+    weights = {}
     for key, array in to_format(state, key_of, str(path)).items():
-        if array.dtype.name == "bfloat16":  # HDF5 has no bfloat16; float32 holds it exactly
-            array = array.astype(np.float32)
+        weights[key] = array.astype(np.float32) if array.dtype.name == "bfloat16" else array  # HDF5: no bfloat16
+
+    def write_file(part: dict[str, np.ndarray], target: Path) -> None:
+        (_write_keras if target.name == FILENAMES[0] else _write_shard)(part, target, model_name)
+
+    return pt_layout.write(weights, folder, FILENAMES[0], write_file, max_shard_size, progress,
+                           index_name=lambda key: f"{model_name}/{key}")
+
+
+def _write_keras(weights: dict[str, np.ndarray], path: Path, model_name: str) -> None:
+    """One tf_model.h5 in tf-keras' save_weights layout."""
+    import h5py
+
+    layers: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for key, array in weights.items():
         layers.setdefault(key.split("/")[0], []).append((f"{model_name}/{key}", array))
     with files.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _set_attr_list(f, "layer_names", list(layers))
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = b"2.21.0"
-            for layer, weights in layers.items():
+            for layer, items in layers.items():
                 group = f.create_group(layer)
-                _set_attr_list(group, "weight_names", [w for w, _ in weights])
-                for weight, array in weights:
+                _set_attr_list(group, "weight_names", [w for w, _ in items])
+                for weight, array in items:
                     group.create_dataset(weight, data=array)
-                    if progress is not None:
-                        progress(array.nbytes)
             f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
-    return [path]
+
+
+def _write_shard(weights: dict[str, np.ndarray], path: Path, model_name: str) -> None:
+    """One shard as transformers' TF save_pretrained writes it: root datasets (sorted), listed in layer_names."""
+    import h5py
+
+    with files.atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            names = sorted(weights)
+            for name in names:
+                f.create_dataset(name, data=weights[name])
+            _set_attr_list(f, "layer_names", names)

@@ -54,12 +54,14 @@ def shard_files(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
-def read(main: Path, read_file: ReadFile) -> Iterator[tuple[str, np.ndarray]]:
-    """All tensors of a single file, or of every shard listed by an index (each shard read once), lazily."""
+def read(main: Path, read_file: ReadFile, index_key: Callable[[str], str] = lambda k: k
+         ) -> Iterator[tuple[str, np.ndarray]]:
+    """All tensors of a single file, or of every shard listed by an index (each shard read once), lazily.
+    ``index_key``: the name a shard file uses for an index entry (TF shards drop the model name)."""
     if not main.name.endswith(".index.json"):
         yield from read_file(main)
         return
-    weight_map = shard_files(main)
+    weight_map = {index_key(k): v for k, v in shard_files(main).items()}
     seen = set()
     shards = sorted(set(weight_map.values()))
     for shard in shards:  # check all shards exist before reading any
@@ -78,8 +80,10 @@ def read(main: Path, read_file: ReadFile) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def write(state: dict[str, np.ndarray], folder: Path, filename: str, write_file: WriteFile,
-          max_shard_size: int | str | None, progress: Callable[[int], None] | None = None) -> list[Path]:
-    """One file, or shards of at most ``max_shard_size`` bytes plus an index; stale files of the other kind go."""
+          max_shard_size: int | str | None, progress: Callable[[int], None] | None = None,
+          index_name: Callable[[str], str] = lambda n: n) -> list[Path]:
+    """One file, or shards of at most ``max_shard_size`` bytes plus an index; stale files of the other kind go.
+    ``index_name``: the index's name for a tensor (TF indexes put the model name first)."""
     limit = parse_size(max_shard_size)
     stem, ext = filename.rsplit(".", 1)
     stale = re.compile(rf"^{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.{re.escape(ext)}$")
@@ -107,7 +111,7 @@ def write(state: dict[str, np.ndarray], folder: Path, filename: str, write_file:
             if progress is not None:
                 progress(sum(a.nbytes for a in shard.values()))
             paths.append(path)
-            weight_map.update({name: path.name for name in shard})
+            weight_map.update({index_name(name): path.name for name in shard})
         index = {"metadata": {"total_size": int(sum(a.nbytes for a in state.values()))}, "weight_map": weight_map}
         paths.append(folder / f"{filename}.index.json")
         files.write_text(paths[-1], json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -1,4 +1,8 @@
-"""model.safetensors (and sharded model.safetensors.index.json): transformers' PyTorch names and layouts."""
+"""model.safetensors (and sharded model.safetensors.index.json): transformers' PyTorch names and layouts.
+
+transformers' TF classes write model.safetensors too (``save_pretrained(safe_serialization=True)``), with their
+TF weight names and layouts and the metadata ``{"format": "tf"}``: those files are read with tf_model.h5's names.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,29 @@ def _write_file(state: dict[str, np.ndarray], path: Path) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
 
 
+def _written_by(main: Path) -> str | None:
+    """The ``format`` metadata of the (first) file: "pt", "tf", ... or None."""
+    from safetensors import SafetensorError, safe_open
+
+    first = main
+    if main.name.endswith(".index.json"):
+        shards = sorted(set(pt_layout.shard_files(main).values()))
+        first = main.parent / shards[0] if shards else main
+    if not first.is_file():
+        return None  # the reader names the missing file
+    try:
+        with safe_open(str(first), framework="numpy") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError, TypeError):
+        return None  # the reader reports the damage
+
+
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
+    if _written_by(main) == "tf":  # transformers' TF names: the h5 format's table, the model name dropped
+        from . import keras_h5
+
+        raw = pt_layout.read(main, _read_file, index_key=keras_h5._strip_model_name)
+        return from_format(raw, keras_h5.key_of, config, str(main), keras_h5._aliases, progress)
     raw = pt_layout.read(main, _read_file)
     return from_format(raw, key_of, config, str(main), pt_layout.aliases, progress)
 
