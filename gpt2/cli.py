@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", required=True, choices=WRITABLE_FORMATS, help="format to write")
     conv.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                       help="cast the weights (default: keep the stored dtype)")
-    conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch output, e.g. 2GB")
+    conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch/tf output, e.g. 2GB")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.add_argument("--local-files-only", action="store_true", help="never download")
     demo = sub.add_parser("demo", help="a short tour: generate text, convert a checkpoint through every format")
