@@ -90,44 +90,45 @@ def _set_attr_list(group, name: str, values: list[str]) -> None:
         group.attrs[f"{name}{i}"] = part
 
 
-def read_raw(path: Path):
-    """Every weight, keyed by its name without the model-name component, lazily."""
+def _weights(path: Path, walk):
+    """``walk(h5 file)``'s (name, array) pairs from the file at ``path``, lazily; a damaged file is a
+    CheckpointError naming it (h5py reports damage as OSError, KeyError, RuntimeError, UnicodeDecodeError...)."""
     import h5py
 
     if not path.is_file():
         raise FileNotFoundError(f"no file {str(path)!r}")
     try:
         with h5py.File(path, "r") as f:
-            for layer in _attr_list(f, "layer_names", path):
-                if layer not in f:
-                    raise CheckpointError(f"{path}: layer {layer!r} is listed but has no group")
-                for weight in _attr_list(f[layer], "weight_names", path):
-                    if weight not in f[layer]:
-                        raise CheckpointError(f"{path}: weight {weight!r} is listed but absent")
-                    key = "/".join(weight.split("/")[1:])
-                    yield key, np.asarray(f[layer][weight])
+            yield from walk(f)
     except CheckpointError:
         raise
-    except Exception as e:  # h5py reports damaged files as OSError, KeyError, RuntimeError, UnicodeDecodeError...
+    except Exception as e:
         raise CheckpointError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
+
+
+def read_raw(path: Path):
+    """Every weight of a tf_model.h5, keyed by its name without the model-name component, lazily."""
+    def walk(f):
+        for layer in _attr_list(f, "layer_names", path):
+            if layer not in f:
+                raise CheckpointError(f"{path}: layer {layer!r} is listed but has no group")
+            for weight in _attr_list(f[layer], "weight_names", path):
+                if weight not in f[layer]:
+                    raise CheckpointError(f"{path}: weight {weight!r} is listed but absent")
+                yield "/".join(weight.split("/")[1:]), np.asarray(f[layer][weight])
+
+    return _weights(path, walk)
 
 
 def _read_shard(path: Path):
     """A shard of transformers' sharded TF checkpoint: root datasets listed in ``layer_names``, lazily."""
-    import h5py
+    def walk(f):
+        for name in _attr_list(f, "layer_names", path):
+            if name not in f or not hasattr(f[name], "shape"):
+                raise CheckpointError(f"{path}: weight {name!r} is listed but absent")
+            yield name, np.asarray(f[name])
 
-    if not path.is_file():
-        raise FileNotFoundError(f"no file {str(path)!r}")
-    try:
-        with h5py.File(path, "r") as f:
-            for name in _attr_list(f, "layer_names", path):
-                if name not in f or not isinstance(f[name], h5py.Dataset):
-                    raise CheckpointError(f"{path}: weight {name!r} is listed but absent")
-                yield name, np.asarray(f[name])
-    except CheckpointError:
-        raise
-    except Exception as e:  # h5py reports damaged files as OSError, KeyError, RuntimeError, UnicodeDecodeError...
-        raise CheckpointError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
+    return _weights(path, walk)
 
 
 def _strip_model_name(name: str) -> str:
