@@ -6,7 +6,7 @@
 
 from .cache import KVCache
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-from .generation import BaseStreamer, TextStreamer
+from .streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
 from .heads import (
     GPT2DoubleHeadsModel,
     GPT2ForQuestionAnswering,
@@ -19,6 +19,7 @@ from .weights import GPT2PreTrainedModel
 
 __all__ = [
     "GPT2DoubleHeadsModel", "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
-    "GPT2LMHeadModel", "GPT2Model", "GPT2PreTrainedModel", "KVCache", "TextStreamer", "BaseStreamer",
+    "GPT2LMHeadModel", "GPT2Model", "GPT2PreTrainedModel", "KVCache", "TextStreamer", "TextIteratorStreamer",
+    "BaseStreamer",
     "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
 ]

@@ -77,7 +77,8 @@ def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: Gene
         topk_running_sequences = _gather(running_sequences, topk_beams)
         topk_running_sequences[:, :, cur_len] = topk_indices % V
         topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beams + batch_offset
-        hits = stop(topk_running_sequences[:, :, : cur_len + 1].reshape(B * keep, cur_len + 1)).view(B, keep)
+        hits = stop(topk_running_sequences[:, :, : cur_len + 1].reshape(B * keep, cur_len + 1),
+                    _tuple(scores)).view(B, keep)
 
         # The best num_beams continuations that did not end keep running.
         topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * NEG

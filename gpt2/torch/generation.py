@@ -31,71 +31,8 @@ from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, Ge
 from ..common.outputs import GenerateDecoderOnlyOutput
 from .cache import KVCache
 from .logits_process import logits_processors, run_processors
+from .streamers import BaseStreamer
 
-
-
-# -- streamers ------------------------------------------------------------------------------------------------------
-class BaseStreamer:
-    """What generate() calls: ``put(ids)`` with the prompt (B, T), then with each step's tokens (B,); ``end()``."""
-
-    def put(self, value: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def end(self) -> None:
-        raise NotImplementedError
-
-
-class TextStreamer(BaseStreamer):
-    """Print the text as it is generated (batch size 1), a word at a time, as transformers' TextStreamer.
-
-    The text is decoded from all tokens since the last newline and printed up to its last space (a word may still
-    change with the next token); a newline, a CJK character or ``end()`` flushes it.
-
-    >>> model.generate(ids, max_new_tokens=30, streamer=TextStreamer(tokenizer, skip_prompt=True))
-    """
-
-    def __init__(self, tokenizer, skip_prompt: bool = False, **decode_kwargs) -> None:
-        self.tokenizer, self.skip_prompt, self.decode_kwargs = tokenizer, skip_prompt, decode_kwargs
-        self.token_cache: list[int] = []
-        self.print_len = 0
-        self.next_tokens_are_prompt = True
-
-    def put(self, value: torch.Tensor) -> None:
-        if value.dim() > 1 and value.shape[0] > 1:
-            raise ValueError("TextStreamer only supports batch size 1")
-        value = value[0] if value.dim() > 1 else value
-        if self.skip_prompt and self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-        self.token_cache.extend(value.tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\n"):
-            printable, self.token_cache, self.print_len = text[self.print_len:], [], 0
-        elif text and _is_cjk(ord(text[-1])):
-            printable = text[self.print_len:]
-            self.print_len += len(printable)
-        else:
-            printable = text[self.print_len: text.rfind(" ") + 1]
-            self.print_len += len(printable)
-        self.on_finalized_text(printable)
-
-    def end(self) -> None:
-        printable = ""
-        if self.token_cache:
-            printable = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)[self.print_len:]
-            self.token_cache, self.print_len = [], 0
-        self.next_tokens_are_prompt = True
-        self.on_finalized_text(printable, stream_end=True)
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        """Print ``text`` (and a newline at the end of the stream); override to send it elsewhere."""
-        print(text, flush=True, end=None if stream_end else "")
-
-
-def _is_cjk(cp: int) -> bool:
-    return any(lo <= cp <= hi for lo, hi in ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-                                              (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF),
-                                              (0x2F800, 0x2FA1F)))
 
 
 # -- the model behind generate() ------------------------------------------------------------------------------------
@@ -214,7 +151,8 @@ class GenerationMixin:
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,
-                 generator: torch.Generator | None = None, tokenizer=None, **kwargs):
+                 generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
+                 stopping_criteria=None, prefix_allowed_tokens_fn=None, **kwargs):
         """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
         or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput.
 
@@ -224,7 +162,10 @@ class GenerationMixin:
         bad_words_ids, min_new_tokens, eos_token_id, pad_token_id, num_return_sequences, output_scores, ...).
         ``streamer``: gets ``put(ids)`` / ``end()`` (e.g. TextStreamer). ``generator``: the torch.Generator that
         sampling draws from (default: torch's global generator, as transformers). ``tokenizer``: needed with
-        ``stop_strings`` (transformers' rule). See docs/generation.md.
+        ``stop_strings`` (transformers' rule). ``logits_processor``: a list of callables ``(ids (B, t), scores (B, V))
+        -> scores`` run after the built-in processors, before the sampling warpers (transformers' LogitsProcessor
+        objects work); ``stopping_criteria``: a list of callables ``(ids, scores) -> bool (B,)`` or-ed with the
+        built-in ones; ``prefix_allowed_tokens_fn(batch_id, ids (t,)) -> allowed ids``. See docs/generation.md.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -232,7 +173,8 @@ class GenerationMixin:
             input_ids = kwargs.pop("inputs")
         cfg = self._generation_settings(generation_config, kwargs)
         with torch.inference_mode():
-            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer)
+            hooks = _Hooks(logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
+            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer, hooks)
         if isinstance(result, torch.Tensor):
             return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
         result.sequences = result.sequences.clone()
@@ -301,7 +243,21 @@ def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, stre
     return input_ids.to(device=device, dtype=torch.long), attention_mask
 
 
-def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer):
+class _Hooks:
+    """generate()'s user callables, validated: extra processors, extra stopping criteria, prefix_allowed_tokens_fn."""
+
+    def __init__(self, logits_processor, stopping_criteria, prefix_allowed_tokens_fn) -> None:
+        for name, value in (("logits_processor", logits_processor), ("stopping_criteria", stopping_criteria)):
+            if value is not None and (not isinstance(value, (list, tuple)) or not all(map(callable, value))):
+                raise TypeError(f"{name} must be a list of callables (ids, scores) -> ..., got {value!r}")
+        if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
+            raise TypeError(f"prefix_allowed_tokens_fn must be callable, got {prefix_allowed_tokens_fn!r}")
+        self.processors = list(logits_processor or [])
+        self.criteria = list(stopping_criteria or [])
+        self.prefix_fn = prefix_allowed_tokens_fn
+
+
+def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks):
     input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer)
     stop_strings = StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings is not None else None
     V, device = model.config.vocab_size, input_ids.device
@@ -324,12 +280,12 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
         attention_mask = attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
     B, T = input_ids.shape
     min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
-    processors = logits_processors(cfg, V, T, min_length, max_length, eos, device)
+    processors = logits_processors(cfg, V, T, min_length, max_length, eos, device, hooks.processors, hooks.prefix_fn)
     record = cfg.return_dict_in_generate
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
                       record and cfg.output_hidden_states, _fixed_step(model, cfg, device))
     try:
-        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings)
+        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria)
         if cfg.num_beams > 1:
             from .beam_search import beam_search
 
@@ -364,7 +320,7 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
         cur += 1
         if streamer is not None:
             streamer.put(next_tokens.cpu())
-        unfinished &= ~stop(ids[:, :cur])
+        unfinished &= ~stop(ids[:, :cur], _tuple(scores))
         done_at = late.done() if late is not None else None
         if done_at is not None:  # every row had finished one step ago: drop this step's token
             cur = done_at
@@ -442,22 +398,31 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None,
 
 class _Stop:
     """transformers' stopping criteria: max_length, eos as the last token, max_time, stop strings (common/generation.py
-    StopStrings, on the host). Returns done rows (bool)."""
+    StopStrings, on the host), then the caller's ``criteria``. Returns done rows (bool)."""
 
-    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None) -> None:
+    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None,
+                 criteria=()) -> None:
         self.eos = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
         self.max_length, self.max_time, self.start = max_length, max_time, time.time()
-        self.stop_strings = stop_strings
+        self.stop_strings, self.criteria = stop_strings, list(criteria)
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, scores=None) -> torch.Tensor:
+        """``scores``: what transformers hands its criteria -- the recorded scores (a tuple) or None."""
+        B = ids.shape[0]
         if ids.shape[-1] >= self.max_length or (self.max_time is not None and time.time() - self.start > self.max_time):
-            return torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            return torch.ones(B, dtype=torch.bool, device=ids.device)
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         if self.eos is not None:
             done = torch.isin(ids[:, -1], self.eos)
         if self.stop_strings is not None:
             hits = self.stop_strings(ids[:, -self.stop_strings.window:].tolist())
             done = done | torch.tensor(hits, dtype=torch.bool, device=ids.device)
+        for criterion in self.criteria:
+            hit = torch.as_tensor(criterion(ids, scores), device=ids.device)
+            if hit.dtype != torch.bool or hit.shape not in ((), (B,)):
+                raise ValueError(f"stopping criterion {criterion!r} must return a bool tensor of shape ({B},), got "
+                                 f"{hit.dtype} of shape {tuple(hit.shape)}")
+            done = done | hit.expand(B)
         return done
 
 

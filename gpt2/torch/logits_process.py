@@ -19,10 +19,10 @@ Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids so far 
 
 # -- logits processors, in transformers' order ----------------------------------------------------------------------
 def logits_processors(cfg: GenerationConfig, vocab_size: int, prompt_length: int, min_length: int, max_length: int,
-                      eos: list[int], device) -> list[Processor]:
-    """The processors ``cfg`` asks for, in the order of transformers 4.57's ``_get_logits_processor``; the warpers
-    (temperature, top_k, top_p, min_p, typical_p, epsilon, eta) only when sampling, with filter value -inf and
-    min_tokens_to_keep 1 (beam sampling: number of eos ids + 1)."""
+                      eos: list[int], device, custom: list[Processor] = (), prefix_fn=None) -> list[Processor]:
+    """The processors ``cfg`` asks for, in the order of transformers 4.57's ``_get_logits_processor``; the caller's
+    ``custom`` ones after them; the warpers (temperature, top_k, top_p, min_p, typical_p, epsilon, eta) only when
+    sampling, with filter value -inf and min_tokens_to_keep 1 (beam sampling: number of eos ids + 1)."""
     out: list[Processor] = []
     eos_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     eos_mask[[i for i in eos if i < vocab_size]] = True
@@ -39,6 +39,8 @@ def logits_processors(cfg: GenerationConfig, vocab_size: int, prompt_length: int
         out.append(_sequence_bias({tuple(w): -math.inf for w in words}, vocab_size, device))
     if eos and min_length > 0:  # min_length and min_new_tokens: both are "no eos before min_length"
         out.append(lambda ids, s: torch.where(eos_mask, -math.inf, s) if ids.shape[-1] < min_length else s)
+    if prefix_fn is not None:
+        out.append(_prefix_allowed(prefix_fn, cfg.num_beams))
     if cfg.forced_bos_token_id is not None:
         out.append(_force(cfg.forced_bos_token_id, lambda n: n == 1))
     if cfg.forced_eos_token_id is not None:
@@ -52,6 +54,7 @@ def logits_processors(cfg: GenerationConfig, vocab_size: int, prompt_length: int
     if cfg.begin_suppress_tokens is not None:
         begin = prompt_length if (prompt_length > 1 or cfg.forced_bos_token_id is None) else prompt_length + 1
         out.append(_suppress(cfg.begin_suppress_tokens, vocab_size, device, lambda n: n == begin))
+    out += list(custom)
     if cfg.do_sample:
         keep = len(eos) + 1 if cfg.num_beams > 1 and eos else (2 if cfg.num_beams > 1 else 1)
         if cfg.temperature is not None and cfg.temperature != 1.0:
@@ -196,6 +199,21 @@ def _cutoff(threshold, keep: int) -> Processor:
         remove = scores.softmax(dim=-1) < threshold(scores)
         kth = torch.topk(scores, min(keep, scores.size(-1)))[0][..., -1, None]
         return scores.masked_fill(remove & (scores < kth), -math.inf)
+    return apply
+
+
+def _prefix_allowed(fn, num_beams: int) -> Processor:
+    """transformers' PrefixConstrainedLogitsProcessor: only ``fn(batch_id, row ids)`` may follow each row."""
+    def apply(ids, scores):
+        mask = torch.full_like(scores, -math.inf)
+        for row, sent in enumerate(ids):
+            allowed = fn(row // num_beams, sent)
+            if len(allowed) == 0:
+                raise ValueError(f"prefix_allowed_tokens_fn returned no allowed token for batch {row // num_beams} "
+                                 f"(beam {row % num_beams}): it must allow at least one")
+            mask[row, allowed] = 0
+        return scores + mask
+
     return apply
 
 

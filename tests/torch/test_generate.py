@@ -326,7 +326,7 @@ def chunks_of(streamer_class):
 
 
 def test_text_streamer_prints_like_transformers(pairs, capsys):
-    from gpt2.torch.generation import TextStreamer
+    from gpt2.torch import TextStreamer
 
     T = _hf()
     _, ours, _ = pairs[0]
@@ -349,7 +349,7 @@ def test_text_streamer_prints_like_transformers(pairs, capsys):
 
 def test_text_streamer_with_gpt2_tokenizer(tmp_path, capsys):
     from gpt2 import GPT2TokenizerFast
-    from gpt2.torch.generation import TextStreamer
+    from gpt2.torch import TextStreamer
 
     tok = GPT2TokenizerFast.from_pretrained("gpt2")
     _, ours = make_pair(tmp_path, 0, vocab_size=50257, n_embd=16, n_layer=1)

@@ -1,0 +1,91 @@
+"""generate()'s user hooks against transformers 4.57.6 (test-only oracle): logits_processor, stopping_criteria,
+prefix_allowed_tokens_fn -- given as transformers' own LogitsProcessor / StoppingCriteria objects, which our
+generate() calls like any callable -- and TextIteratorStreamer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from conftest import requires_torch, requires_transformers
+from test_generate import IDS, MASK, PAD, PieceTokenizer, _hf, assert_same_ids, both, pairs  # noqa: F401
+
+pytestmark = [requires_torch, requires_transformers]
+
+
+def _ban(token: int):
+    T = _hf()
+
+    class Ban(T.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores.index_fill(1, torch.tensor([token], device=scores.device), -float("inf"))
+
+    return Ban()
+
+
+def _stop_after(token: int):
+    T = _hf()
+
+    class StopAfter(T.StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return input_ids[:, -1] == token
+
+    return StopAfter()
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(num_beams=3), dict(do_sample=True, top_k=10)])
+def test_hooks_match_transformers(pairs, strategy):
+    T = _hf()
+    theirs, ours, eos = pairs[1]
+    free = ours.generate(IDS, attention_mask=MASK, max_new_tokens=10, pad_token_id=PAD)
+    banned, stop_token = int(free[0, 8]), int(free[1, 9])
+
+    def prefix_fn(batch_id, sent):  # rows of batch 2 may only continue with even ids after an odd one
+        return list(range(0, 100, 2)) if batch_id == 2 and int(sent[-1]) % 2 else list(range(100))
+
+    kwargs = dict(attention_mask=MASK, max_new_tokens=10, pad_token_id=PAD, prefix_allowed_tokens_fn=prefix_fn,
+                  **strategy)
+    a, b = both(theirs, ours, IDS, seed=3, logits_processor=T.LogitsProcessorList([_ban(banned)]),
+                stopping_criteria=T.StoppingCriteriaList([_stop_after(stop_token)]), **kwargs)
+    assert_same_ids(b, a)
+    plain = ours.generate(IDS, **{k: v for k, v in kwargs.items() if k != "prefix_allowed_tokens_fn"})
+    assert not torch.equal(b, plain)  # the hooks changed something
+
+
+def test_plain_callables_and_bad_hooks(pairs):
+    _, ours, _ = pairs[0]
+    kwargs = dict(attention_mask=MASK, max_new_tokens=6, pad_token_id=PAD)
+    banned = ours.generate(IDS, logits_processor=[lambda ids, s: s.index_fill(1, torch.tensor([5]), -1e9)], **kwargs)
+    assert not (banned[:, IDS.shape[1]:] == 5).any()
+    stopped = ours.generate(IDS, stopping_criteria=[lambda ids, s: True], **kwargs)  # a plain bool: every row
+    assert stopped.shape[1] == IDS.shape[1] + 1
+    with pytest.raises(TypeError, match="logits_processor must be a list of callables"):
+        ours.generate(IDS, logits_processor=lambda ids, s: s, **kwargs)
+    with pytest.raises(ValueError, match="must return a bool tensor of shape \\(3,\\)"):
+        ours.generate(IDS, stopping_criteria=[lambda ids, s: torch.zeros(2, dtype=torch.bool)], **kwargs)
+    with pytest.raises(ValueError, match="returned no allowed token for batch 0"):
+        ours.generate(IDS, prefix_allowed_tokens_fn=lambda b, sent: [], **kwargs)
+
+
+def test_text_iterator_streamer_like_transformers(pairs):
+    from gpt2.torch import TextIteratorStreamer
+
+    T = _hf()
+    _, ours, _ = pairs[0]
+    ids = torch.tensor([[5, 6, 1, 7]])
+    out = ours.generate(ids, max_new_tokens=12, suppress_tokens=[2, 4])
+    ours_streamer = TextIteratorStreamer(PieceTokenizer(), skip_prompt=True, timeout=30)
+    thread = threading.Thread(target=ours.generate, args=(ids,),
+                              kwargs=dict(max_new_tokens=12, suppress_tokens=[2, 4], streamer=ours_streamer))
+    thread.start()
+    pieces = list(ours_streamer)
+    thread.join()
+    reference = T.TextIteratorStreamer(PieceTokenizer(), skip_prompt=True)
+    reference.put(ids)
+    for t in out[0, 4:]:
+        reference.put(t[None])
+    reference.end()
+    assert pieces == list(reference)
+    assert "".join(pieces) == PieceTokenizer().decode(out[0, 4:].tolist())
