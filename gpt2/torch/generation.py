@@ -180,6 +180,34 @@ class GenerationMixin:
         result.sequences = result.sequences.clone()
         return result
 
+    def compute_transition_scores(self, sequences: torch.Tensor, scores, beam_indices: torch.Tensor | None = None,
+                                  normalize_logits: bool = False) -> torch.Tensor:
+        """The score of each generated token at the step that chose it, (B*n, generated length), as transformers'
+        ``compute_transition_scores``: ``scores`` from ``generate(..., return_dict_in_generate=True,
+        output_scores=True)``, ``beam_indices`` from a beam search output; ``normalize_logits``: log-softmax first.
+        Steps after a beam finished are 0.
+
+        >>> out = model.generate(ids, max_new_tokens=5, return_dict_in_generate=True, output_scores=True)
+        >>> model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)   # log-probabilities
+        """
+        if not scores:
+            raise ValueError("scores is empty: pass generate(..., return_dict_in_generate=True, output_scores=True)'s "
+                             "scores")
+        stacked = torch.stack(tuple(scores), dim=1)  # (rows, steps, V)
+        if normalize_logits:
+            stacked = F.log_softmax(stacked, dim=-1)
+        if beam_indices is None:  # greedy / sampling: row i's scores chose row i's tokens
+            beam_indices = torch.arange(stacked.shape[0], device=stacked.device)[:, None].expand(-1, stacked.shape[1])
+        if beam_indices.shape[0] != sequences.shape[0]:
+            raise ValueError(f"beam_indices has {beam_indices.shape[0]} rows, sequences {sequences.shape[0]}")
+        valid = beam_indices >= 0
+        length = int(valid.sum(-1).max())
+        rows, valid = beam_indices[:, :length].clamp(min=0), valid[:, :length]
+        tokens = sequences[:, sequences.shape[-1] - length:]
+        steps = torch.arange(length, device=stacked.device)[None, :]
+        return torch.where(valid, stacked[rows, steps, tokens], torch.zeros((), dtype=stacked.dtype,
+                                                                            device=stacked.device))
+
     def _generation_settings(self, generation_config, kwargs) -> GenerationConfig:
         base = self.generation_config
         if generation_config is not None:

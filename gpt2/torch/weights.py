@@ -125,6 +125,30 @@ class GPT2PreTrainedModel(nn.Module):
     def get_output_embeddings(self):
         return getattr(self, "lm_head", None)
 
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        if not hasattr(self, "lm_head"):
+            raise ValueError(f"{type(self).__name__} has no output embeddings (lm_head)")
+        self.lm_head = value
+
+    def enable_input_require_grads(self) -> None:
+        """Make the embeddings' output require grad (transformers' name; what PEFT adapters with gradient
+        checkpointing need when the embeddings themselves are frozen)."""
+        def hook(module, inputs, output):
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
+
+    def disable_input_require_grads(self) -> None:
+        handle = self.__dict__.pop("_require_grads_hook", None)
+        if handle is not None:
+            handle.remove()
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes of the parameters (and buffers), as transformers' get_memory_footprint."""
+        tensors = list(self.parameters()) + (list(self.buffers()) if return_buffers else [])
+        return sum(t.nelement() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
     def tie_weights(self) -> None:
         head = self.get_output_embeddings()
         if head is not None and self.config.tie_word_embeddings:

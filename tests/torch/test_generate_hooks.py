@@ -89,3 +89,21 @@ def test_text_iterator_streamer_like_transformers(pairs):
     reference.end()
     assert pieces == list(reference)
     assert "".join(pieces) == PieceTokenizer().decode(out[0, 4:].tolist())
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(do_sample=True, num_return_sequences=2),
+                                      dict(num_beams=3, num_return_sequences=2)])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_compute_transition_scores_like_transformers(pairs, strategy, normalize):
+    theirs, ours, eos = pairs[2]
+    kwargs = dict(attention_mask=MASK, max_new_tokens=8, pad_token_id=PAD, eos_token_id=eos,
+                  return_dict_in_generate=True, output_scores=True, **strategy)
+    a, b = both(theirs, ours, IDS, seed=0, **kwargs)
+    assert_same_ids(b.sequences, a.sequences)
+    beams = getattr(a, "beam_indices", None)
+    expected = theirs.compute_transition_scores(a.sequences, a.scores, beams, normalize_logits=normalize)
+    got = ours.compute_transition_scores(b.sequences, b.scores, getattr(b, "beam_indices", None),
+                                         normalize_logits=normalize)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="scores is empty"):
+        ours.compute_transition_scores(b.sequences, ())

@@ -321,3 +321,23 @@ def test_device_and_device_map(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees 0 CUDA device"):
             load(tmp_path, device_map={"": 0})
+
+
+def test_embedding_helpers_and_memory_footprint(tmp_path):
+    theirs, ours = pair("GPT2LMHeadModel", tmp_path)
+    assert ours.get_memory_footprint(return_buffers=False) == theirs.get_memory_footprint(return_buffers=False)
+    assert ours.get_memory_footprint() == ours.get_memory_footprint(return_buffers=False)  # no causal-mask buffers
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    embed = ours.get_input_embeddings()
+    assert not embed(IDS).requires_grad
+    ours.enable_input_require_grads()
+    ours.enable_input_require_grads()  # twice: still one hook
+    assert embed(IDS).requires_grad and len(embed._forward_hooks) == 1
+    ours.disable_input_require_grads()
+    assert not embed(IDS).requires_grad and not embed._forward_hooks
+    head = torch.nn.Linear(16, 50, bias=False)
+    ours.set_output_embeddings(head)
+    assert ours.get_output_embeddings() is head
+    with pytest.raises(ValueError, match="no output embeddings"):
+        __import__("gpt2.torch", fromlist=["GPT2Model"]).GPT2Model(ours.config).set_output_embeddings(head)
