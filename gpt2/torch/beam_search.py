@@ -61,7 +61,7 @@ def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: Gene
     while True:
         flat = running_sequences[:, :, :cur_len].reshape(BN, cur_len)
         logits = decoder(flat if cur_len == prompt_len else flat[:, -1:])
-        log_probs = run_processors(processors, flat, F.log_softmax(logits, dim=-1))
+        log_probs = run_processors(processors, flat[:, decoder.offset:], F.log_softmax(logits, dim=-1))
         _append(scores, log_probs.clone() if scores is not None else None, logits_out, logits, attentions, hidden,
                 decoder.last_output)
         log_probs = (log_probs.view(B, num_beams, V) + running_beam_scores[:, :, None]).reshape(B, num_beams * V)
@@ -119,7 +119,7 @@ def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: Gene
     beam_scores = beam_scores[:, :n_return].reshape(B * n_return)
     beam_indices = beam_indices[:, :n_return].reshape(B * n_return, -1)
     generated = int((beam_indices + 1).bool().sum(dim=1).max())  # beam_indices is -1 past each hypothesis' end
-    sequences, beam_indices = sequences[:, : prompt_len + generated], beam_indices[:, :generated]
+    sequences, beam_indices = sequences[:, decoder.offset: prompt_len + generated], beam_indices[:, :generated]
     if not record:
         return sequences
     return GenerateBeamDecoderOnlyOutput(sequences, beam_scores if cfg.output_scores else None, _tuple(scores),

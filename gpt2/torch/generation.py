@@ -42,8 +42,12 @@ class Decoder:
     of the last position only. ``decoder(ids)`` takes the prompt, then one token per row per call."""
 
     def __init__(self, model, input_ids, attention_mask, max_length: int, output_attentions=False,
-                 output_hidden_states=False, fixed_step: tuple[str, dict | None, bool] | None = None) -> None:
+                 output_hidden_states=False, fixed_step: tuple[str, dict | None, bool] | None = None,
+                 inputs_embeds: torch.Tensor | None = None) -> None:
         B, T = input_ids.shape
+        # With inputs_embeds alone, the T prompt positions hold no ids: processors, criteria and the output see
+        # only the generated ids, from position ``offset`` on (transformers' behaviour).
+        self.embeds, self.offset = inputs_embeds, T if inputs_embeds is not None else 0
         c, device = model.config, input_ids.device
         self.model = model
         self.fixed = None
@@ -93,6 +97,8 @@ class Decoder:
             else:
                 extra["position_ids"] = self.next_position
                 self.next_position = self.next_position + 1
+        if held == 0 and self.embeds is not None:
+            extra["inputs_embeds"], ids = self.embeds, None
         out = self.model(input_ids=ids, past_key_values=self.cache, **self.kwargs, **extra)
         self.last_output = out
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
@@ -152,7 +158,8 @@ class GenerationMixin:
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,
                  generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
-                 stopping_criteria=None, prefix_allowed_tokens_fn=None, **kwargs):
+                 stopping_criteria=None, prefix_allowed_tokens_fn=None, inputs_embeds: torch.Tensor | None = None,
+                 **kwargs):
         """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
         or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput.
 
@@ -165,7 +172,9 @@ class GenerationMixin:
         ``stop_strings`` (transformers' rule). ``logits_processor``: a list of callables ``(ids (B, t), scores (B, V))
         -> scores`` run after the built-in processors, before the sampling warpers (transformers' LogitsProcessor
         objects work); ``stopping_criteria``: a list of callables ``(ids, scores) -> bool (B,)`` or-ed with the
-        built-in ones; ``prefix_allowed_tokens_fn(batch_id, ids (t,)) -> allowed ids``. See docs/generation.md.
+        built-in ones; ``prefix_allowed_tokens_fn(batch_id, ids (t,)) -> allowed ids``. ``inputs_embeds`` (B, T, C)
+        instead of input_ids: the prompt as embeddings (soft prompts); only the new ids are returned, and lengths
+        count them, as in transformers. See docs/generation.md.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -174,7 +183,8 @@ class GenerationMixin:
         cfg = self._generation_settings(generation_config, kwargs)
         with torch.inference_mode():
             hooks = _Hooks(logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
-            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer, hooks)
+            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
+                               inputs_embeds)
         if isinstance(result, torch.Tensor):
             return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
         result.sequences = result.sequences.clone()
@@ -237,8 +247,9 @@ _UNSUPPORTED = {  # settings whose decoding strategy is not implemented here -> 
 }
 
 
-def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, streamer):
-    """Validate at the boundary; returns (input_ids, attention_mask) as long tensors on the model's device."""
+def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, inputs_embeds=None):
+    """Validate at the boundary; returns (input_ids, attention_mask) as long tensors on the model's device (with
+    inputs_embeds alone, input_ids is a placeholder of its (B, T): generate() never shows it)."""
     for name, unsupported in _UNSUPPORTED.items():
         if unsupported(getattr(cfg, name, None)):
             why = ("contrastive, group-beam, constrained and guided decoding are not implemented; transformers 4.56+ "
@@ -249,6 +260,16 @@ def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, stre
     if streamer is not None and cfg.num_beams > 1:
         raise ValueError("streamer cannot be used with beam search (transformers' rule): set num_beams=1")
     device, V = model.device, model.config.vocab_size
+    if inputs_embeds is not None:
+        C = model.config.n_embd
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != C \
+                or not inputs_embeds.dtype.is_floating_point or 0 in inputs_embeds.shape:
+            raise ValueError(f"inputs_embeds must be a float tensor (batch, length, {C}), got "
+                             f"{getattr(inputs_embeds, 'dtype', type(inputs_embeds).__name__)} of shape "
+                             f"{tuple(getattr(inputs_embeds, 'shape', ()))}")
+        if input_ids is not None:
+            raise ValueError("give input_ids or inputs_embeds to generate(), not both")
+        input_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=device)
     if input_ids is None:
         if cfg.bos_token_id is None:
             raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
@@ -285,8 +306,11 @@ class _Hooks:
         self.prefix_fn = prefix_allowed_tokens_fn
 
 
-def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks):
-    input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer)
+def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
+              inputs_embeds=None):
+    input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer, inputs_embeds)
+    if inputs_embeds is not None:
+        inputs_embeds = inputs_embeds.to(device=model.device, dtype=model.dtype)
     stop_strings = StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings is not None else None
     V, device = model.config.vocab_size, input_ids.device
     eos, pad = eos_ids(cfg), cfg.pad_token_id
@@ -297,23 +321,27 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
         pad = eos[0]
     if pad is not None and pad >= V and any(i < V for i in eos):
         raise ValueError(f"pad_token_id={pad} is outside the vocabulary (0..{V - 1}) but rows can finish")
-    if attention_mask is None and pad is not None and pad not in eos and bool((input_ids == pad).any()):
+    if attention_mask is None and inputs_embeds is None and pad is not None and pad not in eos \
+            and bool((input_ids == pad).any()):
         attention_mask = (input_ids != pad).long()  # transformers infers the mask from the padding
-    if pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
+    if inputs_embeds is None and pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
         warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
                       stacklevel=3)
     expand = max(cfg.num_beams, cfg.num_return_sequences)
     if expand > 1:
         input_ids = input_ids.repeat_interleave(expand, dim=0)
         attention_mask = attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
+        inputs_embeds = inputs_embeds.repeat_interleave(expand, dim=0) if inputs_embeds is not None else None
     B, T = input_ids.shape
     min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
-    processors = logits_processors(cfg, V, T, min_length, max_length, eos, device, hooks.processors, hooks.prefix_fn)
+    offset = T if inputs_embeds is not None else 0  # processors and criteria see the ids from here on
+    processors = logits_processors(cfg, V, T - offset, max(min_length - offset, 0), max_length - offset, eos, device,
+                                   hooks.processors, hooks.prefix_fn)
     record = cfg.return_dict_in_generate
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
-                      record and cfg.output_hidden_states, _fixed_step(model, cfg, device))
+                      record and cfg.output_hidden_states, _fixed_step(model, cfg, device), inputs_embeds)
     try:
-        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria)
+        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria, offset)
         if cfg.num_beams > 1:
             from .beam_search import beam_search
 
@@ -326,8 +354,9 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
 def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, streamer, max_length):
     """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step."""
     (B, T), device, record = input_ids.shape, input_ids.device, cfg.return_dict_in_generate
+    start = decoder.offset  # 0, or T with inputs_embeds: what processors, criteria and the caller see
     if streamer is not None:
-        streamer.put(input_ids.cpu())
+        streamer.put(input_ids[:, start:].cpu())
     ids = torch.empty((B, max_length), dtype=torch.long, device=device)  # the output, filled in place
     ids[:, :T] = input_ids
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
@@ -336,7 +365,7 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
     late = _LateCheck(device) if _check_late(device, streamer, record, stop) else None
     cur, next_logits = T, decoder(input_ids)
     while True:
-        next_scores = run_processors(processors, ids[:, :cur], next_logits)
+        next_scores = run_processors(processors, ids[:, start:cur], next_logits)
         _append(scores, next_scores, logits, next_logits, attentions, hidden, decoder.last_output)
         if cfg.do_sample:
             next_tokens = torch.multinomial(F.softmax(next_scores, dim=-1), 1, generator=generator).squeeze(1)
@@ -364,9 +393,9 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
     if streamer is not None:
         streamer.end()
     if not record:
-        return ids[:, :cur]
-    return GenerateDecoderOnlyOutput(ids[:, :cur], _tuple(scores), _tuple(logits), _tuple(attentions), _tuple(hidden),
-                                     decoder.cache)
+        return ids[:, start:cur]
+    return GenerateDecoderOnlyOutput(ids[:, start:cur], _tuple(scores), _tuple(logits), _tuple(attentions),
+                                     _tuple(hidden), decoder.cache)
 
 
 def _check_late(device, streamer, record: bool, stop: "_Stop") -> bool:
@@ -429,10 +458,11 @@ class _Stop:
     StopStrings, on the host), then the caller's ``criteria``. Returns done rows (bool)."""
 
     def __init__(self, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None,
-                 criteria=()) -> None:
+                 criteria=(), offset: int = 0) -> None:
         self.eos = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
         self.max_length, self.max_time, self.start = max_length, max_time, time.time()
         self.stop_strings, self.criteria = stop_strings, list(criteria)
+        self.offset = offset  # ids before it are no tokens (an inputs_embeds prompt): criteria never see them
 
     def __call__(self, ids: torch.Tensor, scores=None) -> torch.Tensor:
         """``scores``: what transformers hands its criteria -- the recorded scores (a tuple) or None."""
@@ -443,10 +473,10 @@ class _Stop:
         if self.eos is not None:
             done = torch.isin(ids[:, -1], self.eos)
         if self.stop_strings is not None:
-            hits = self.stop_strings(ids[:, -self.stop_strings.window:].tolist())
+            hits = self.stop_strings(ids[:, max(self.offset, ids.shape[-1] - self.stop_strings.window):].tolist())
             done = done | torch.tensor(hits, dtype=torch.bool, device=ids.device)
         for criterion in self.criteria:
-            hit = torch.as_tensor(criterion(ids, scores), device=ids.device)
+            hit = torch.as_tensor(criterion(ids[:, self.offset:], scores), device=ids.device)
             if hit.dtype != torch.bool or hit.shape not in ((), (B,)):
                 raise ValueError(f"stopping criterion {criterion!r} must return a bool tensor of shape ({B},), got "
                                  f"{hit.dtype} of shape {tuple(hit.shape)}")

@@ -231,3 +231,13 @@ def test_late_stop_check_gives_the_same_output(finish_at, sample, monkeypatch):
     late = run(m, **dict(kwargs, generator=torch.Generator().manual_seed(0)) if sample else kwargs)
     assert torch.equal(late, immediate)
     assert (immediate.shape[1] == IDS.shape[1] + 12) == (finish_at is None)
+
+
+def test_fixed_step_after_an_inputs_embeds_prompt(force_fixed):
+    m = model(6)
+    embeds = m.transformer.wte(IDS).detach()
+    kwargs = dict(inputs_embeds=embeds, attention_mask=MASK, max_new_tokens=10, pad_token_id=0)
+    fixed = m.generate(**kwargs)
+    assert force_fixed
+    assert torch.equal(fixed, m.generate(**kwargs, disable_compile=True))
+    assert torch.equal(fixed, run(m)[:, IDS.shape[1]:IDS.shape[1] + 10])  # the same as the ids' prompt

@@ -107,3 +107,22 @@ def test_compute_transition_scores_like_transformers(pairs, strategy, normalize)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="scores is empty"):
         ours.compute_transition_scores(b.sequences, ())
+
+
+@pytest.mark.parametrize("strategy", [dict(max_new_tokens=8), dict(max_length=10, min_length=8),
+                                      dict(max_new_tokens=8, repetition_penalty=1.8, no_repeat_ngram_size=2),
+                                      dict(max_new_tokens=8, num_beams=3, num_return_sequences=2),
+                                      dict(max_new_tokens=8, do_sample=True, top_k=20, num_return_sequences=2)])
+def test_inputs_embeds_like_transformers(pairs, strategy):
+    """A prompt given as embeddings (soft prompts): only the new ids come back, and lengths, processors and
+    criteria count those alone, as transformers does."""
+    theirs, ours, eos = pairs[0]
+    embeds = ours.transformer.wte(IDS).detach() + 0.1 * torch.randn(*IDS.shape, 32, generator=torch.Generator()
+                                                                        .manual_seed(1))
+    kwargs = dict(inputs_embeds=embeds, attention_mask=MASK, pad_token_id=PAD, eos_token_id=eos[:1], **strategy)
+    a, b = both(theirs, ours, seed=5, **kwargs)
+    assert_same_ids(b, a)
+    with pytest.raises(ValueError, match="not both"):
+        ours.generate(IDS, inputs_embeds=embeds, max_new_tokens=2)
+    with pytest.raises(ValueError, match="inputs_embeds must be a float tensor \\(batch, length, 32\\)"):
+        ours.generate(inputs_embeds=embeds[..., :8], max_new_tokens=2)
