@@ -137,7 +137,8 @@ class GenerationMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result  # (model, loading info) with output_loading_info
         name = Path(pretrained_model_name_or_path)
         if name.is_file():  # a single checkpoint file: look beside it
             path = name.parent / GENERATION_CONFIG_NAME
@@ -148,7 +149,7 @@ class GenerationMixin:
                                     local_files_only=kwargs.get("local_files_only", False))
         if path is not None:
             model.generation_config = GenerationConfig.from_json_file(path)
-        return model
+        return result
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """Also writes generation_config.json, as transformers does for generative models."""

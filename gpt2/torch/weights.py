@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..common.checkpoint import load_checkpoint, save_checkpoint
+from ..common.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..common.config import GPT2Config
 
 _CONV = re.compile(r"\.h\.\d+\.(attn|crossattention|mlp)\.(c_attn|q_attn|c_proj|c_fc)\.weight$")
@@ -238,20 +238,37 @@ class GPT2PreTrainedModel(nn.Module):
     def from_pretrained(cls, pretrained_model_name_or_path, *, config: GPT2Config | None = None, torch_dtype=None,
                         dtype=None, attn_implementation: str | None = None, device=None, device_map=None,
                         revision: str | None = None, cache_dir=None, local_files_only: bool = False,
-                        **config_overrides):
+                        use_safetensors: bool | None = None, output_loading_info: bool = False, **kwargs):
         """Load any checkpoint format (safetensors, pytorch_model.bin, tf_model.h5, flax_model.msgpack, OpenAI's).
 
         ``torch_dtype`` (or ``dtype``): None (float32), "auto" (the checkpoint's), a name or a torch dtype.
         ``device`` / ``device_map``: one device ("cpu", "cuda", "cuda:1", 0, "auto" = CUDA when available), or a
         device_map dict that names one device (``{"": "cuda:0"}``); layers over several devices are refused.
+        ``use_safetensors=True``: only a safetensors checkpoint will do. ``output_loading_info``: also return
+        transformers' dict of missing / unexpected keys. Other keyword arguments override config fields
+        (``num_labels=3``, ``attn_pdrop=0.0``); transformers' loading options that change nothing here
+        (low_cpu_mem_usage, from_tf, from_flax, trust_remote_code, ...) are accepted, the ones not supported are a
+        TypeError naming them, and an unknown name is a TypeError (never a stray config entry).
         Head weights the checkpoint lacks are initialised and reported with a warning, as transformers does.
         """
         name = pretrained_model_name_or_path
+        config_overrides = _config_overrides(cls.__name__, kwargs)
         if config is None:
             config = GPT2Config.from_pretrained(name, revision=revision, cache_dir=cache_dir,
-                                                local_files_only=local_files_only, **config_overrides)
-        elif config_overrides:
+                                                local_files_only=local_files_only)
+        unknown = sorted(k for k in config_overrides if not (hasattr(config, k) or k in ("num_labels",)))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) "
+                            f"{', '.join(unknown)}: neither a loading option nor a config field")
+        if config_overrides:
             config = GPT2Config.from_dict(config.to_dict(), **config_overrides)
+        if use_safetensors is not None:
+            fmt, _ = resolve_checkpoint(name, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=local_files_only)
+            if (fmt == "safetensors") != bool(use_safetensors):
+                raise (FileNotFoundError if use_safetensors else ValueError)(
+                    f"use_safetensors={use_safetensors}, but the checkpoint for {str(name)!r} is in the {fmt!r} "
+                    f"format{' (convert it: gpt2 convert SRC DST --to safetensors)' if use_safetensors else ''}")
         state, _ = load_checkpoint(name, config, revision=revision, cache_dir=cache_dir,
                                    local_files_only=local_files_only)
         target_dtype = resolve_dtype(torch_dtype if dtype is None else dtype, config, state)
@@ -271,6 +288,9 @@ class GPT2PreTrainedModel(nn.Module):
             warnings.warn(f"{cls.__name__}: checkpoint tensors this class does not use: {', '.join(unused)}",
                           stacklevel=2)
         model.eval()  # as transformers: a loaded model starts in inference mode
+        if output_loading_info:
+            return model, {"missing_keys": list(missing), "unexpected_keys": list(unused), "mismatched_keys": [],
+                           "error_msgs": []}
         return model
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True,
@@ -281,6 +301,37 @@ class GPT2PreTrainedModel(nn.Module):
         save_checkpoint(self.state_to_canonical(), Path(save_directory), config,
                         format="safetensors" if safe_serialization else "pytorch", max_shard_size=max_shard_size,
                         architecture=type(self).__name__)
+
+
+# transformers' from_pretrained options: those that change nothing here (every format loads; the model is always
+# built on the meta device and filled once; no code is ever run from a checkpoint), and those not offered.
+_ACCEPTED = {"low_cpu_mem_usage", "from_tf", "from_flax", "trust_remote_code", "resume_download", "_fast_init",
+             "use_flash_attention_2", "weights_only", "force_download"}
+_NOT_OFFERED = {
+    "token": "pass a hub token through the HF_TOKEN environment variable or `hf auth login` instead",
+    "use_auth_token": "pass a hub token through the HF_TOKEN environment variable or `hf auth login` instead",
+    "proxies": "set HTTPS_PROXY instead", "subfolder": "give the folder's path instead",
+    "variant": "give the weights file's path instead", "state_dict": "use load_state_dict on the model",
+    "ignore_mismatched_sizes": "load, then replace the head", "quantization_config": "quantization is not offered",
+    "max_memory": "the model is placed on one device", "offload_folder": "the model is placed on one device",
+    "offload_state_dict": "the model is placed on one device", "gguf_file": "GGUF files are not read",
+    "tp_plan": "tensor parallelism is not offered", "key_mapping": "checkpoint names are GPT-2's",
+}
+
+
+def _config_overrides(cls_name: str, kwargs: dict) -> dict:
+    """from_pretrained's extra keyword arguments -> config overrides, after transformers' loading options."""
+    for key in list(kwargs):
+        if key in _NOT_OFFERED:
+            raise TypeError(f"{cls_name}.from_pretrained(): {key}= is not supported ({_NOT_OFFERED[key]})")
+        if key in _ACCEPTED:
+            value = kwargs.pop(key)
+            why = {"weights_only": "checkpoints are never unpickled with code" if value is False else None,
+                   "use_flash_attention_2": "use attn_implementation='flash_attention_2'" if value else None,
+                   "force_download": "delete the cached files instead" if value else None}.get(key)
+            if why:
+                raise TypeError(f"{cls_name}.from_pretrained(): {key}={value!r} is not supported ({why})")
+    return kwargs
 
 
 def _resolve_device(device) -> torch.device:

@@ -341,3 +341,29 @@ def test_embedding_helpers_and_memory_footprint(tmp_path):
     assert ours.get_output_embeddings() is head
     with pytest.raises(ValueError, match="no output embeddings"):
         __import__("gpt2.torch", fromlist=["GPT2Model"]).GPT2Model(ours.config).set_output_embeddings(head)
+
+
+def test_from_pretrained_options_like_transformers(tmp_path):
+    """transformers' loading options: accepted where they change nothing, refused by name where they are not
+    offered, loading info returned; an unknown keyword is a TypeError, never an entry written into config.json."""
+    import gpt2.torch as ours_module
+
+    theirs, _ = pair("GPT2LMHeadModel", tmp_path)
+    load = ours_module.GPT2ForSequenceClassification.from_pretrained
+    model = load(tmp_path, low_cpu_mem_usage=True, from_tf=False, trust_remote_code=False, use_safetensors=True,
+                 num_labels=3, resid_pdrop=0.0)
+    assert model.config.num_labels == 3 and model.config.resid_pdrop == 0.0
+    assert not hasattr(model.config, "low_cpu_mem_usage")
+    _, info = load(tmp_path, output_loading_info=True)
+    assert info == {"missing_keys": ["score.weight"], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    lm, info = ours_module.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == [] and lm.generation_config is not None
+    for bad, error, match in [(dict(token="hf_x"), TypeError, "token= is not supported.*HF_TOKEN"),
+                              (dict(n_layerz=3), TypeError, "unexpected keyword argument.*n_layerz"),
+                              (dict(weights_only=False), TypeError, "never unpickled"),
+                              (dict(use_safetensors=False), ValueError, "'safetensors' format")]:
+        with pytest.raises(error, match=match):
+            load(tmp_path, **bad)
+    theirs.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    with pytest.raises(FileNotFoundError, match="use_safetensors=True.*'pytorch' format"):
+        load(tmp_path / "bin", use_safetensors=True)
