@@ -298,23 +298,36 @@ class GPT2Config:
     ) -> "GPT2Config":
         """Read config.json from a folder, a config file, the local HF cache, the presets, or the hub (in that order).
 
-        An OpenAI checkpoint folder (hparams.json, no config.json) is read too.
+        An OpenAI checkpoint folder (hparams.json, no config.json) is read too. ``overrides`` replace fields (or keys
+        the file has); any other name is a TypeError -- transformers would drop it silently, and a stray ``token=``
+        must never end up in a saved config.json.
         """
-        name = pretrained_model_name_or_path
+        config = cls._read_pretrained(pretrained_model_name_or_path, revision, cache_dir, local_files_only)
+        if not overrides:
+            return config
+        unknown = sorted(k for k in overrides if not (hasattr(config, k) or k in ("num_labels", "id2label",
+                                                                                  "label2id")))
+        if unknown:
+            raise TypeError(f"GPT2Config.from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}: "
+                            f"not config fields")
+        return cls.from_dict(config.to_dict(), **overrides)
+
+    @classmethod
+    def _read_pretrained(cls, name, revision, cache_dir, local_files_only) -> "GPT2Config":
         if Path(name).is_file():
-            return cls.from_json_file(name, **overrides)
+            return cls.from_json_file(name)
         path = hub.resolve_file(name, CONFIG_NAME, revision=revision, cache_dir=cache_dir, local_files_only=True)
         if path is not None:
-            return cls.from_json_file(path, **overrides)
+            return cls.from_json_file(path)
         folder = hub.local_folder(name)
         if folder is not None and (folder / "hparams.json").is_file():
-            return cls.from_openai_hparams(folder / "hparams.json", **overrides)
+            return cls.from_openai_hparams(folder / "hparams.json")
         if folder is None and str(name) in PRESETS:
-            return cls.from_dict(copy.deepcopy(PRESETS[str(name)]), **overrides)
+            return cls.from_dict(copy.deepcopy(PRESETS[str(name)]))
         if not local_files_only:
             path = hub.resolve_file(name, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
             if path is not None:
-                return cls.from_json_file(path, **overrides)
+                return cls.from_json_file(path)
         raise FileNotFoundError(
             f"no {CONFIG_NAME} for {str(name)!r}: looked in {hub.describe_lookup(name, cache_dir)}; "
             f"known names without files: {', '.join(p for p in PRESETS if '/' not in p)}"
