@@ -310,7 +310,7 @@ class GPT2Config:
         if unknown:
             raise TypeError(f"GPT2Config.from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}: "
                             f"not config fields")
-        return cls.from_dict(config.to_dict(), **overrides)
+        return cls.from_dict(config.to_dict(), **{ATTRIBUTE_MAP.get(k, k): v for k, v in overrides.items()})
 
     @classmethod
     def _read_pretrained(cls, name, revision, cache_dir, local_files_only) -> "GPT2Config":
