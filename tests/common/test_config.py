@@ -182,8 +182,8 @@ def test_presets_table_is_consistent():
 
 def test_from_pretrained_overrides_are_fields_only(tmp_path):
     GPT2Config(n_layer=2, foo_extra=1).save_pretrained(tmp_path)
-    cfg = GPT2Config.from_pretrained(tmp_path, n_layer=3, foo_extra=2, hidden_size=32, num_labels=4)
-    assert (cfg.n_layer, cfg.foo_extra, cfg.n_embd, cfg.num_labels) == (3, 2, 32, 4)
+    cfg = GPT2Config.from_pretrained(tmp_path, n_layer=3, foo_extra=2, hidden_size=48, num_labels=4)
+    assert (cfg.n_layer, cfg.foo_extra, cfg.n_embd, cfg.num_labels) == (3, 2, 48, 4)
     with pytest.raises(TypeError, match="unexpected keyword argument.*token"):
         GPT2Config.from_pretrained(tmp_path, token="hf_secret")
     with pytest.raises(TypeError, match="n_layerz"):
