@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from ..common.config import GPT2Config
+from ..common.config import ATTRIBUTE_MAP, GPT2Config
 
 _CONV = re.compile(r"\.h\.\d+\.(attn|crossattention|mlp)\.(c_attn|q_attn|c_proj|c_fc)\.weight$")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -261,7 +261,8 @@ class GPT2PreTrainedModel(nn.Module):
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) "
                             f"{', '.join(unknown)}: neither a loading option nor a config field")
         if config_overrides:
-            config = GPT2Config.from_dict(config.to_dict(), **config_overrides)
+            config = GPT2Config.from_dict(config.to_dict(), **{ATTRIBUTE_MAP.get(k, k): v
+                                                               for k, v in config_overrides.items()})
         if use_safetensors is not None:
             fmt, _ = resolve_checkpoint(name, revision=revision, cache_dir=cache_dir,
                                         local_files_only=local_files_only)
