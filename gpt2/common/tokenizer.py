@@ -460,6 +460,14 @@ class TokenizerBase(CallMixin):
         """
         from .tokenizer_files import load_tokenizer_kwargs
 
+        for key in ("trust_remote_code", "use_fast", "resume_download", "force_download", "legacy"):
+            if key == "force_download" and kwargs.get(key):
+                raise TypeError("from_pretrained(): force_download=True is not supported (delete the cached files)")
+            kwargs.pop(key, None)  # transformers' options that change nothing here
+        for key in ("token", "use_auth_token", "subfolder", "proxies"):
+            if key in kwargs:
+                raise TypeError(f"from_pretrained(): {key}= is not supported (a hub token goes in the HF_TOKEN "
+                                f"environment variable; give a folder's own path for a subfolder)")
         init = load_tokenizer_kwargs(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                      local_files_only=local_files_only, presets=PRESETS,
                                      packaged=PACKAGED_VOCAB)

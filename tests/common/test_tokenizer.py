@@ -291,3 +291,13 @@ def test_setting_an_unknown_special_token_adds_it(kind):
     tok.pad_token = "[PAD]"
     assert (len(tok), tok.pad_token_id) == (50258, 50257)
     assert tok("x [PAD]")["input_ids"] == [87, 220, 50257]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_from_pretrained_loading_options(kind):
+    cls = GPT2Tokenizer if kind == "slow" else GPT2TokenizerFast
+    assert cls.from_pretrained("gpt2", trust_remote_code=False, use_fast=True)("hi")["input_ids"] == [5303]
+    with pytest.raises(TypeError, match="token= is not supported.*HF_TOKEN"):
+        cls.from_pretrained("gpt2", token="hf_secret")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        cls.from_pretrained("gpt2", paddingside="left")
