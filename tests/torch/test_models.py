@@ -350,11 +350,13 @@ def test_from_pretrained_options_like_transformers(tmp_path):
 
     theirs, _ = pair("GPT2LMHeadModel", tmp_path)
     load = ours_module.GPT2ForSequenceClassification.from_pretrained
-    model = load(tmp_path, low_cpu_mem_usage=True, from_tf=False, trust_remote_code=False, use_safetensors=True,
-                 num_labels=3, resid_pdrop=0.0)
+    with pytest.warns(UserWarning, match="newly initialised.*score.weight"):
+        model = load(tmp_path, low_cpu_mem_usage=True, from_tf=False, trust_remote_code=False, use_safetensors=True,
+                     num_labels=3, resid_pdrop=0.0)
     assert model.config.num_labels == 3 and model.config.resid_pdrop == 0.0
     assert not hasattr(model.config, "low_cpu_mem_usage")
-    _, info = load(tmp_path, output_loading_info=True)
+    with pytest.warns(UserWarning, match="newly initialised"):
+        _, info = load(tmp_path, output_loading_info=True)
     assert info == {"missing_keys": ["score.weight"], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
     lm, info = ours_module.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == [] and lm.generation_config is not None
