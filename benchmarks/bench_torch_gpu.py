@@ -37,16 +37,18 @@ def sync() -> None:
 
 
 def measure(fn, repeats: int) -> tuple[float, float, float]:
-    """(median seconds, peak memory in MiB above what was allocated before, seconds of the first call) of fn()."""
+    """(median seconds of the calls after the first, peak memory in MiB above what was allocated before the first
+    call -- so memory the first call allocates and keeps, such as a kept CUDA graph's cache, counts --, seconds of
+    the first call) of fn()."""
+    cuda = torch.cuda.is_available()
     sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     start = time.perf_counter()
     fn()
     sync()
     first = time.perf_counter() - start
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
     times = []
     for _ in range(repeats):
         sync()
