@@ -348,6 +348,12 @@ class GPT2Config:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload config", private: bool | None = None,
+                    token=None, create_pr: bool = False, revision: str | None = None):
+        """save_pretrained into a temporary folder, then upload it to ``repo_id`` (needs huggingface_hub)."""
+        return hub.push_to_hub(self.save_pretrained, repo_id, commit_message=commit_message, private=private,
+                               token=token, create_pr=create_pr, revision=revision)
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``save_directory/config.json`` atomically (transformers' layout: sorted keys, diff against defaults)."""
         save_directory = Path(save_directory)

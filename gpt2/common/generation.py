@@ -324,6 +324,12 @@ class GenerationConfig:
         generation_config = cls.from_model_config(model_config)
         return cls.from_dict(generation_config.to_dict(), **overrides) if overrides else generation_config
 
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload generation config",
+                    private: bool | None = None, token=None, create_pr: bool = False, revision: str | None = None):
+        """save_pretrained into a temporary folder, then upload it to ``repo_id`` (needs huggingface_hub)."""
+        return hub.push_to_hub(self.save_pretrained, repo_id, commit_message=commit_message, private=private,
+                               token=token, create_pr=create_pr, revision=revision)
+
     def save_pretrained(self, save_directory: str | os.PathLike, config_file_name: str = GENERATION_CONFIG_NAME):
         """Write ``save_directory/generation_config.json`` atomically, in transformers' format (sorted keys, diff
         against the defaults). Like transformers, refuse to save settings ``validate`` would warn about."""

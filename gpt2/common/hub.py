@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -113,6 +114,27 @@ def resolve_file(
     if local_files_only or is_offline() or not looks_like_repo_id(name):
         return None
     return _download(name, filename, revision, cache_dir)
+
+
+def push_to_hub(save, repo_id: str, *, commit_message: str, private: bool | None = None, token=None,
+                create_pr: bool = False, revision: str | None = None):
+    """Write with ``save(folder)`` into a temporary folder, then upload it to the hub repository ``repo_id``
+    (created if it does not exist) in one commit; returns huggingface_hub's CommitInfo. What the objects'
+    ``push_to_hub`` methods call, as transformers' do."""
+    if not isinstance(repo_id, str) or not looks_like_repo_id(repo_id):
+        raise ValueError(f"repo_id must be a hub repository name such as 'user/my-gpt2', got {repo_id!r}")
+    if is_offline():
+        raise ValueError("push_to_hub: offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)")
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise ImportError("push_to_hub needs huggingface_hub: pip install 'gpt2[hub]'") from None
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        save(Path(folder))
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                 revision=revision, create_pr=create_pr)
 
 
 def describe_lookup(name_or_path: str | os.PathLike, cache_dir=None) -> str:

@@ -450,6 +450,14 @@ class TokenizerBase(CallMixin):
             written += (str(folder / name),)
         return written
 
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload tokenizer", private: bool | None = None,
+                    token=None, create_pr: bool = False, revision: str | None = None):
+        """save_pretrained into a temporary folder, then upload it to ``repo_id`` (needs huggingface_hub)."""
+        from . import hub
+
+        return hub.push_to_hub(self.save_pretrained, repo_id, commit_message=commit_message, private=private,
+                               token=token, create_pr=create_pr, revision=revision)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, local_files_only: bool = False, **kwargs):

@@ -294,6 +294,13 @@ class GPT2PreTrainedModel(nn.Module):
                            "error_msgs": []}
         return model
 
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload model", private: bool | None = None,
+                    token=None, max_shard_size: int | str | None = "5GB", create_pr: bool = False,
+                    safe_serialization: bool = True, revision: str | None = None):
+        """save_pretrained into a temporary folder, then upload it to ``repo_id`` (needs huggingface_hub)."""
+        return _push(self, repo_id, commit_message, private, token, create_pr, revision,
+                     safe_serialization=safe_serialization, max_shard_size=max_shard_size)
+
     def save_pretrained(self, save_directory, safe_serialization: bool = True,
                         max_shard_size: int | str | None = "5GB") -> None:
         """Write config.json and model.safetensors (or pytorch_model.bin) that transformers loads."""
@@ -318,6 +325,14 @@ _NOT_OFFERED = {
     "offload_state_dict": "the model is placed on one device", "gguf_file": "GGUF files are not read",
     "tp_plan": "tensor parallelism is not offered", "key_mapping": "checkpoint names are GPT-2's",
 }
+
+
+def _push(obj, repo_id, commit_message, private, token, create_pr, revision, **save_kwargs):
+    from ..common import hub
+
+    return hub.push_to_hub(lambda folder: obj.save_pretrained(folder, **save_kwargs), repo_id,
+                           commit_message=commit_message, private=private, token=token, create_pr=create_pr,
+                           revision=revision)
 
 
 def _config_overrides(cls_name: str, kwargs: dict) -> dict:

@@ -1,4 +1,6 @@
-"""Resolution: a local folder, then the Hugging Face cache (offline), then a download when allowed."""
+"""Resolution: a local folder, then the Hugging Face cache (offline), then a download when allowed; uploads."""
+
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,47 @@ def test_download_path_is_used_when_online(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError):
         load_checkpoint("someone/model")
     assert calls == []
+
+
+def test_push_to_hub_uploads_what_save_pretrained_writes(monkeypatch, tmp_path):
+    """push_to_hub of every object, with huggingface_hub's HfApi replaced by one that records the upload."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from gpt2 import GPT2TokenizerFast
+    from gpt2.common.generation import GenerationConfig
+
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploads.append(("create", repo_id, private, exist_ok, self.token))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None, create_pr=False):
+            files = sorted(p.name for p in Path(folder_path).iterdir())
+            uploads.append(("upload", repo_id, commit_message, files, create_pr))
+            return "commit-info"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50, n_positions=8)
+    assert config.push_to_hub("me/cfg", private=True, token="t") == "commit-info"
+    GenerationConfig(max_new_tokens=5).push_to_hub("me/gen", create_pr=True)
+    GPT2TokenizerFast.from_pretrained("gpt2").push_to_hub("me/tok", commit_message="tok")
+    assert uploads[:2] == [("create", "me/cfg", True, True, "t"), ("upload", "me/cfg", "Upload config",
+                                                                   ["config.json"], False)]
+    assert uploads[3] == ("upload", "me/gen", "Upload generation config", ["generation_config.json"], True)
+    assert uploads[5][2] == "tok" and "tokenizer.json" in uploads[5][3] and "vocab.json" in uploads[5][3]
+    torch = pytest.importorskip("torch")
+    from gpt2.torch import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).push_to_hub("me/model", max_shard_size="1KB")
+    files = uploads[-1][3]
+    assert "config.json" in files and "generation_config.json" in files and "model.safetensors.index.json" in files
+    with pytest.raises(ValueError, match="repo_id must be a hub repository name"):
+        config.push_to_hub("../escape")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="offline"):
+        config.push_to_hub("me/cfg")
