@@ -1,8 +1,8 @@
 """Reading a tokenizer folder (transformers' layout) into the keyword arguments of GPT2Tokenizer(Fast).
 
 Files: vocab.json + merges.txt (or, without them, tokenizer.json), tokenizer_config.json, special_tokens_map.json,
-added_tokens.json (optional). A preset name ("gpt2", "distilgpt2", ...) with no folder or cache entry uses the vocabulary shipped in
-the package, with the presets' model_max_length of 1024.
+added_tokens.json (optional). A preset name ("gpt2", "distilgpt2", ...) with no folder or cache entry uses the
+vocabulary shipped in the package, with the presets' model_max_length of 1024.
 """
 
 from __future__ import annotations

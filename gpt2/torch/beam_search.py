@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput
-from .generation import Decoder, _append, _Stop, _tuple
+from .generation import Decoder, _append, _tuple
+from .stopping import _Stop
 from .logits_process import run_processors
 
 NEG = -1.0e9  # transformers' "impossible" score

@@ -8,8 +8,8 @@ caller opens one column per token. Masked columns weigh exactly 0 after the soft
 step's up to float summation order; generate() is token for token the same (tests/torch/test_compiled.py).
 
 When generate() uses it (docs/generation.md): on a CUDA device by default, as a CUDA graph kept for the next call
-of the same shape (``disable_compile=True`` turns it off); on any device with ``compile_config=...`` (transformers' CompileConfig
-fields: fullgraph, dynamic, backend, mode, options), through torch.compile. Never with output_attentions /
+of the same shape (``disable_compile=True`` turns it off); on any device with ``compile_config=...``
+(transformers' CompileConfig fields: fullgraph, dynamic, backend, mode, options), through torch.compile. Never with output_attentions /
 output_hidden_states, head masks or dropout (training mode): those take the eager step.
 """
 

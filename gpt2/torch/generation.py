@@ -18,7 +18,6 @@ ids written into a preallocated (B, max_length) tensor, ``torch.inference_mode``
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, Ge
 from ..common.outputs import GenerateDecoderOnlyOutput
 from .cache import KVCache
 from .logits_process import logits_processors, run_processors
+from .stopping import _check_late, _LateCheck, _Stop
 from .streamers import BaseStreamer
 
 
@@ -43,8 +43,9 @@ class Decoder:
 
     def __init__(self, model, input_ids, attention_mask, max_length: int, output_attentions=False,
                  output_hidden_states=False, fixed_step: tuple[str, dict | None, bool] | None = None,
-                 inputs_embeds: torch.Tensor | None = None) -> None:
+                 inputs_embeds: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> None:
         B, T = input_ids.shape
+        self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
         # With inputs_embeds alone, the T prompt positions hold no ids: processors, criteria and the output see
         # only the generated ids, from position ``offset`` on (transformers' behaviour).
         self.embeds, self.offset = inputs_embeds, T if inputs_embeds is not None else 0
@@ -99,6 +100,9 @@ class Decoder:
                 self.next_position = self.next_position + 1
         if held == 0 and self.embeds is not None:
             extra["inputs_embeds"], ids = self.embeds, None
+        if self.token_types is not None:
+            types = self.token_types
+            extra["token_type_ids"] = types if held == 0 else types[:, -1:].expand(-1, ids.shape[1])
         out = self.model(input_ids=ids, past_key_values=self.cache, **self.kwargs, **extra)
         self.last_output = out
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
@@ -160,7 +164,7 @@ class GenerationMixin:
                  generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,
                  generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
                  stopping_criteria=None, prefix_allowed_tokens_fn=None, inputs_embeds: torch.Tensor | None = None,
-                 **kwargs):
+                 token_type_ids: torch.Tensor | None = None, **kwargs):
         """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
         or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput.
 
@@ -175,7 +179,8 @@ class GenerationMixin:
         objects work); ``stopping_criteria``: a list of callables ``(ids, scores) -> bool (B,)`` or-ed with the
         built-in ones; ``prefix_allowed_tokens_fn(batch_id, ids (t,)) -> allowed ids``. ``inputs_embeds`` (B, T, C)
         instead of input_ids: the prompt as embeddings (soft prompts); only the new ids are returned, and lengths
-        count them, as in transformers. See docs/generation.md.
+        count them, as in transformers. ``token_type_ids`` (B, T): the prompt's token types; new tokens take the
+        last one's (transformers' rule). See docs/generation.md.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -185,7 +190,7 @@ class GenerationMixin:
         with torch.inference_mode():
             hooks = _Hooks(logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
             result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
-                               inputs_embeds)
+                               inputs_embeds, token_type_ids)
         if isinstance(result, torch.Tensor):
             return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
         result.sequences = result.sequences.clone()
@@ -308,8 +313,13 @@ class _Hooks:
 
 
 def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
-              inputs_embeds=None):
+              inputs_embeds=None, token_type_ids=None):
     input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer, inputs_embeds)
+    if token_type_ids is not None:
+        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(f"token_type_ids must be a tensor of the prompt's shape {tuple(input_ids.shape)}, got "
+                             f"{tuple(getattr(token_type_ids, 'shape', ()))}")
+        token_type_ids = token_type_ids.to(device=input_ids.device, dtype=torch.long)  # the model checks the range
     if inputs_embeds is not None:
         inputs_embeds = inputs_embeds.to(device=model.device, dtype=model.dtype)
     stop_strings = StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings is not None else None
@@ -333,14 +343,16 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
         input_ids = input_ids.repeat_interleave(expand, dim=0)
         attention_mask = attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
         inputs_embeds = inputs_embeds.repeat_interleave(expand, dim=0) if inputs_embeds is not None else None
+        token_type_ids = token_type_ids.repeat_interleave(expand, dim=0) if token_type_ids is not None else None
     B, T = input_ids.shape
     min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
     offset = T if inputs_embeds is not None else 0  # processors and criteria see the ids from here on
     processors = logits_processors(cfg, V, T - offset, max(min_length - offset, 0), max_length - offset, eos, device,
                                    hooks.processors, hooks.prefix_fn)
     record = cfg.return_dict_in_generate
+    fixed = _fixed_step(model, cfg, device) if token_type_ids is None else None  # the fixed step has no types
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
-                      record and cfg.output_hidden_states, _fixed_step(model, cfg, device), inputs_embeds)
+                      record and cfg.output_hidden_states, fixed, inputs_embeds, token_type_ids)
     try:
         stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria, offset)
         if cfg.num_beams > 1:
@@ -399,44 +411,6 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
                                      _tuple(hidden), decoder.cache)
 
 
-def _check_late(device, streamer, record: bool, stop: "_Stop") -> bool:
-    """Read the stop check one step late (``_LateCheck``) on CUDA, where waiting for it every step would leave the GPU
-    idle while the host prepares the next step. Not with a streamer or recorded outputs (they would see the extra
-    step) nor with stop strings (their check reads the tokens on the host anyway)."""
-    return device.type == "cuda" and streamer is None and not record and stop.stop_strings is None
-
-
-class _LateCheck:
-    """Whether any row is still running, read one step late: step t's flag is copied to the host without waiting,
-    and read at step t+1, after that step's work is queued. When it says every row had finished, generate() drops
-    the one token computed since, so the output is what an immediate check gives (the only trace: sampling drew
-    from the generator once more)."""
-
-    def __init__(self, device) -> None:
-        cuda = device.type == "cuda"
-        self.flags = [torch.zeros((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
-        self.events = [torch.cuda.Event() for _ in range(2)] if cuda else None
-        self.pending: tuple[int, int] | None = None  # (slot, length) of the flag in flight
-        self.slot = 0
-
-    def done(self) -> int | None:
-        """The length at which every row had finished, by the flag queued last; None while some row runs."""
-        if self.pending is None:
-            return None
-        slot, length = self.pending
-        if self.events is not None:
-            self.events[slot].synchronize()  # long done by now: the GPU is already on the next step
-        return length if not bool(self.flags[slot]) else None
-
-    def queue(self, any_running: torch.Tensor, cur: int) -> None:
-        """Start copying this step's flag (the ids are ``cur`` long) to the host, without waiting for it."""
-        slot = self.slot
-        self.flags[slot].copy_(any_running, non_blocking=self.events is not None)
-        if self.events is not None:
-            self.events[slot].record()
-        self.pending, self.slot = (slot, cur), 1 - slot
-
-
 def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:
     """How to run the decoding steps (compiled.py): ("compile", torch.compile options, keep) when compile_config is
     given, ("cuda_graph", None, keep) on a CUDA device unless disable_compile, else None (the eager step). ``keep``:
@@ -452,37 +426,6 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None,
 
         return "compile", compile_options(cfg.compile_config), not cfg.return_dict_in_generate
     return "cuda_graph", None, not cfg.return_dict_in_generate
-
-
-class _Stop:
-    """transformers' stopping criteria: max_length, eos as the last token, max_time, stop strings (common/generation.py
-    StopStrings, on the host), then the caller's ``criteria``. Returns done rows (bool)."""
-
-    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None,
-                 criteria=(), offset: int = 0) -> None:
-        self.eos = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
-        self.max_length, self.max_time, self.start = max_length, max_time, time.time()
-        self.stop_strings, self.criteria = stop_strings, list(criteria)
-        self.offset = offset  # ids before it are no tokens (an inputs_embeds prompt): criteria never see them
-
-    def __call__(self, ids: torch.Tensor, scores=None) -> torch.Tensor:
-        """``scores``: what transformers hands its criteria -- the recorded scores (a tuple) or None."""
-        B = ids.shape[0]
-        if ids.shape[-1] >= self.max_length or (self.max_time is not None and time.time() - self.start > self.max_time):
-            return torch.ones(B, dtype=torch.bool, device=ids.device)
-        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        if self.eos is not None:
-            done = torch.isin(ids[:, -1], self.eos)
-        if self.stop_strings is not None:
-            hits = self.stop_strings(ids[:, max(self.offset, ids.shape[-1] - self.stop_strings.window):].tolist())
-            done = done | torch.tensor(hits, dtype=torch.bool, device=ids.device)
-        for criterion in self.criteria:
-            hit = torch.as_tensor(criterion(ids[:, self.offset:], scores), device=ids.device)
-            if hit.dtype != torch.bool or hit.shape not in ((), (B,)):
-                raise ValueError(f"stopping criterion {criterion!r} must return a bool tensor of shape ({B},), got "
-                                 f"{hit.dtype} of shape {tuple(hit.shape)}")
-            done = done | hit.expand(B)
-        return done
 
 
 def _append(scores, step_scores, logits, step_logits, attentions, hidden, out) -> None:

@@ -126,3 +126,16 @@ def test_inputs_embeds_like_transformers(pairs, strategy):
         ours.generate(IDS, inputs_embeds=embeds, max_new_tokens=2)
     with pytest.raises(ValueError, match="inputs_embeds must be a float tensor \\(batch, length, 32\\)"):
         ours.generate(inputs_embeds=embeds[..., :8], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("strategy", [dict(), dict(num_beams=2), dict(do_sample=True, num_return_sequences=2)])
+def test_token_type_ids_like_transformers(pairs, strategy):
+    """The prompt's token types; every new token takes the last one's, as transformers extends them."""
+    theirs, ours, _ = pairs[1]
+    types = torch.tensor([[1, 1, 2, 2, 2, 2], [3, 3, 3, 4, 4, 4], [5, 5, 5, 5, 5, 6]])
+    kwargs = dict(attention_mask=MASK, token_type_ids=types, max_new_tokens=7, pad_token_id=PAD, **strategy)
+    a, b = both(theirs, ours, IDS, seed=2, **kwargs)
+    assert_same_ids(b, a)
+    assert not torch.equal(b, ours.generate(IDS, **{k: v for k, v in kwargs.items() if k != "token_type_ids"}))
+    with pytest.raises(ValueError, match="token_type_ids must be a tensor of the prompt's shape"):
+        ours.generate(IDS, token_type_ids=types[:, :2], max_new_tokens=2)
