@@ -44,6 +44,7 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "output_logits": None, "return_dict_in_generate": False,
     "pad_token_id": None, "bos_token_id": None, "eos_token_id": None,
     "compile_config": None, "disable_compile": False,
+    "num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.4,
 }
 _NOT_WRITTEN = ("compile_config",)  # transformers keeps it in memory only (an object, not JSON)
 # Written by transformers beside the fields: `_from_model_config` when true, `transformers_version` always (we keep
@@ -169,6 +170,10 @@ class GenerationConfig:
             flag(name)
         flag("output_logits", optional=True)
         flag("disable_compile")
+        integer("num_assistant_tokens", 0)
+        if self.num_assistant_tokens_schedule not in ("constant", "heuristic", "heuristic_transient"):
+            fail("num_assistant_tokens_schedule", "'constant', 'heuristic' or 'heuristic_transient'")
+        number("assistant_confidence_threshold", 0, 1, optional=True)
         if self.cache_implementation is not None and not isinstance(self.cache_implementation, str):
             fail("cache_implementation", "a string or null")
         for name in ("num_beams", "num_beam_groups", "num_return_sequences"):

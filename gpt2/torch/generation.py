@@ -164,7 +164,7 @@ class GenerationMixin:
                  generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,
                  generator: torch.Generator | None = None, tokenizer=None, logits_processor=None,
                  stopping_criteria=None, prefix_allowed_tokens_fn=None, inputs_embeds: torch.Tensor | None = None,
-                 token_type_ids: torch.Tensor | None = None, **kwargs):
+                 token_type_ids: torch.Tensor | None = None, assistant_model=None, **kwargs):
         """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
         or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput.
 
@@ -180,7 +180,8 @@ class GenerationMixin:
         built-in ones; ``prefix_allowed_tokens_fn(batch_id, ids (t,)) -> allowed ids``. ``inputs_embeds`` (B, T, C)
         instead of input_ids: the prompt as embeddings (soft prompts); only the new ids are returned, and lengths
         count them, as in transformers. ``token_type_ids`` (B, T): the prompt's token types; new tokens take the
-        last one's (transformers' rule). See docs/generation.md.
+        last one's (transformers' rule). ``assistant_model``: a small GPT-2 drafting tokens for greedy decoding
+        (assisted.py; batch 1). See docs/generation.md.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -190,7 +191,7 @@ class GenerationMixin:
         with torch.inference_mode():
             hooks = _Hooks(logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
             result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
-                               inputs_embeds, token_type_ids)
+                               inputs_embeds, token_type_ids, assistant_model)
         if isinstance(result, torch.Tensor):
             return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
         result.sequences = result.sequences.clone()
@@ -313,7 +314,7 @@ class _Hooks:
 
 
 def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
-              inputs_embeds=None, token_type_ids=None):
+              inputs_embeds=None, token_type_ids=None, assistant=None):
     input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer, inputs_embeds)
     if token_type_ids is not None:
         if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != tuple(input_ids.shape):
@@ -346,6 +347,16 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
         token_type_ids = token_type_ids.repeat_interleave(expand, dim=0) if token_type_ids is not None else None
     B, T = input_ids.shape
     min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
+    if assistant is not None:
+        from .assisted import assisted_greedy, check_assistant
+
+        check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length, streamer)
+        if inputs_embeds is not None or token_type_ids is not None:
+            raise ValueError("assistant_model works from input_ids alone (no inputs_embeds / token_type_ids)")
+        processors = logits_processors(cfg, V, T, min_length, max_length, eos, device, hooks.processors,
+                                       hooks.prefix_fn)
+        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria)
+        return assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_length)
     offset = T if inputs_embeds is not None else 0  # processors and criteria see the ids from here on
     processors = logits_processors(cfg, V, T - offset, max(min_length - offset, 0), max_length - offset, eos, device,
                                    hooks.processors, hooks.prefix_fn)

@@ -139,3 +139,47 @@ def test_token_type_ids_like_transformers(pairs, strategy):
     assert not torch.equal(b, ours.generate(IDS, **{k: v for k, v in kwargs.items() if k != "token_type_ids"}))
     with pytest.raises(ValueError, match="token_type_ids must be a tensor of the prompt's shape"):
         ours.generate(IDS, token_type_ids=types[:, :2], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(repetition_penalty=1.5, no_repeat_ngram_size=2),
+                                   dict(num_assistant_tokens=3, num_assistant_tokens_schedule="heuristic"),
+                                   dict(assistant_confidence_threshold=0.0, eos_token_id="eos")])
+def test_assisted_generation_is_greedy_decoding(pairs, extra):
+    """assistant_model drafts, the model decides: the tokens are greedy decoding's (ours and transformers'), with
+    an unrelated assistant (most drafts rejected) and with the model itself as assistant (all accepted)."""
+    theirs, ours, eos = pairs[0]
+    _, other, _ = pairs[1]
+    extra = {k: (eos if v == "eos" else v) for k, v in extra.items()}
+    prompt = IDS[1:2]
+    kwargs = dict(max_new_tokens=14, pad_token_id=PAD, **extra)
+    greedy = ours.generate(prompt, **kwargs)
+    assert_same_ids(greedy, theirs.generate(prompt, **kwargs))
+    for assistant in (other, ours):
+        assert_same_ids(ours.generate(prompt, assistant_model=assistant, **kwargs), greedy)
+
+
+def test_assisted_generation_refusals(pairs):
+    _, ours, _ = pairs[0]
+    with pytest.raises(ValueError, match="batch size 1"):
+        ours.generate(IDS, assistant_model=ours, max_new_tokens=3, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="greedy"):
+        ours.generate(IDS[1:2], assistant_model=ours, max_new_tokens=3, do_sample=True, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
+        ours.generate(IDS[1:2], assistant_model=ours, max_new_tokens=3, num_assistant_tokens_schedule="fast")
+
+
+def test_assisted_generation_saves_main_model_forwards(pairs):
+    """With a perfect assistant (a copy of the model) the model runs a handful of forwards, not one per token."""
+    import copy
+
+    _, ours, _ = pairs[0]
+    assistant = copy.deepcopy(ours)
+    calls = []
+    handle = ours.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        out = ours.generate(IDS[1:2], assistant_model=assistant, max_new_tokens=14, min_new_tokens=14,
+                            pad_token_id=PAD, num_assistant_tokens=5, assistant_confidence_threshold=0.0)
+    finally:
+        handle.remove()
+    assert out.shape[1] == IDS.shape[1] + 14
+    assert len(calls) <= 4  # the prompt, then rounds of 1 + 5 tokens (14 tokens: 3 rounds)
