@@ -75,7 +75,11 @@ class Decoder:
             self.prompt_positions = (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
             self.next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
         if self.fixed is not None:
-            self.fixed.start(self.mask[:, :T] if self.mask is not None else None, T)
+            try:
+                self.fixed.start(self.mask[:, :T] if self.mask is not None else None, T)
+            except BaseException:
+                self.fixed.release()  # a kept step must not stay locked by a run that never started
+                raise
         self.last_output = None
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
