@@ -303,14 +303,18 @@ class GPT2Config:
         must never end up in a saved config.json.
         """
         config = cls._read_pretrained(pretrained_model_name_or_path, revision, cache_dir, local_files_only)
+        return config.with_overrides("GPT2Config.from_pretrained()", **overrides)
+
+    def with_overrides(self, where: str = "GPT2Config", **overrides: Any) -> "GPT2Config":
+        """A copy with ``overrides`` applied: fields (generic names such as hidden_size included), labels, or keys
+        this config already has. Any other name is a TypeError naming it and ``where`` -- a loading option passed by
+        mistake (``token=``) must never become an entry of a saved config.json."""
         if not overrides:
-            return config
-        unknown = sorted(k for k in overrides if not (hasattr(config, k) or k in ("num_labels", "id2label",
-                                                                                  "label2id")))
+            return self
+        unknown = sorted(k for k in overrides if not (hasattr(self, k) or k in ("num_labels", "id2label", "label2id")))
         if unknown:
-            raise TypeError(f"GPT2Config.from_pretrained() got unexpected keyword argument(s) {', '.join(unknown)}: "
-                            f"not config fields")
-        return cls.from_dict(config.to_dict(), **{ATTRIBUTE_MAP.get(k, k): v for k, v in overrides.items()})
+            raise TypeError(f"{where} got unexpected keyword argument(s) {', '.join(unknown)}: not config fields")
+        return type(self).from_dict(self.to_dict(), **{ATTRIBUTE_MAP.get(k, k): v for k, v in overrides.items()})
 
     @classmethod
     def _read_pretrained(cls, name, revision, cache_dir, local_files_only) -> "GPT2Config":

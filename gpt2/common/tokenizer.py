@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 import regex
 
-from . import files
+from . import files, hub
 from .bpe import ByteLevelBPE, bytes_to_unicode, read_vocab
 from .encoding import char_offsets
 from .tokenizer_call import CallMixin
@@ -453,8 +453,6 @@ class TokenizerBase(CallMixin):
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload tokenizer", private: bool | None = None,
                     token=None, create_pr: bool = False, revision: str | None = None):
         """save_pretrained into a temporary folder, then upload it to ``repo_id`` (needs huggingface_hub)."""
-        from . import hub
-
         return hub.push_to_hub(self.save_pretrained, repo_id, commit_message=commit_message, private=private,
                                token=token, create_pr=create_pr, revision=revision)
 
@@ -468,14 +466,7 @@ class TokenizerBase(CallMixin):
         """
         from .tokenizer_files import load_tokenizer_kwargs
 
-        for key in ("trust_remote_code", "use_fast", "resume_download", "force_download", "legacy"):
-            if key == "force_download" and kwargs.get(key):
-                raise TypeError("from_pretrained(): force_download=True is not supported (delete the cached files)")
-            kwargs.pop(key, None)  # transformers' options that change nothing here
-        for key in ("token", "use_auth_token", "subfolder", "proxies"):
-            if key in kwargs:
-                raise TypeError(f"from_pretrained(): {key}= is not supported (a hub token goes in the HF_TOKEN "
-                                f"environment variable; give a folder's own path for a subfolder)")
+        kwargs = hub.loading_options(kwargs, f"{cls.__name__}.from_pretrained()")
         init = load_tokenizer_kwargs(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                      local_files_only=local_files_only, presets=PRESETS,
                                      packaged=PACKAGED_VOCAB)

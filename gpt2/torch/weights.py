@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..common.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from ..common.config import ATTRIBUTE_MAP, GPT2Config
+from ..common import hub
+from ..common.config import GPT2Config
 
 _CONV = re.compile(r"\.h\.\d+\.(attn|crossattention|mlp)\.(c_attn|q_attn|c_proj|c_fc)\.weight$")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -252,17 +253,12 @@ class GPT2PreTrainedModel(nn.Module):
         Head weights the checkpoint lacks are initialised and reported with a warning, as transformers does.
         """
         name = pretrained_model_name_or_path
-        config_overrides = _config_overrides(cls.__name__, kwargs)
+        where = f"{cls.__name__}.from_pretrained()"
+        config_overrides = hub.loading_options(kwargs, where)
         if config is None:
             config = GPT2Config.from_pretrained(name, revision=revision, cache_dir=cache_dir,
                                                 local_files_only=local_files_only)
-        unknown = sorted(k for k in config_overrides if not (hasattr(config, k) or k in ("num_labels",)))
-        if unknown:
-            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword argument(s) "
-                            f"{', '.join(unknown)}: neither a loading option nor a config field")
-        if config_overrides:
-            config = GPT2Config.from_dict(config.to_dict(), **{ATTRIBUTE_MAP.get(k, k): v
-                                                               for k, v in config_overrides.items()})
+        config = config.with_overrides(where, **config_overrides)
         if use_safetensors is not None:
             fmt, _ = resolve_checkpoint(name, revision=revision, cache_dir=cache_dir,
                                         local_files_only=local_files_only)
@@ -298,8 +294,11 @@ class GPT2PreTrainedModel(nn.Module):
                     token=None, max_shard_size: int | str | None = "5GB", create_pr: bool = False,
                     safe_serialization: bool = True, revision: str | None = None):
         """save_pretrained into a temporary folder, then upload it to ``repo_id`` (needs huggingface_hub)."""
-        return _push(self, repo_id, commit_message, private, token, create_pr, revision,
-                     safe_serialization=safe_serialization, max_shard_size=max_shard_size)
+        return hub.push_to_hub(
+            lambda folder: self.save_pretrained(folder, safe_serialization=safe_serialization,
+                                                max_shard_size=max_shard_size),
+            repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr,
+            revision=revision)
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True,
                         max_shard_size: int | str | None = "5GB") -> None:
@@ -309,45 +308,6 @@ class GPT2PreTrainedModel(nn.Module):
         save_checkpoint(self.state_to_canonical(), Path(save_directory), config,
                         format="safetensors" if safe_serialization else "pytorch", max_shard_size=max_shard_size,
                         architecture=type(self).__name__)
-
-
-# transformers' from_pretrained options: those that change nothing here (every format loads; the model is always
-# built on the meta device and filled once; no code is ever run from a checkpoint), and those not offered.
-_ACCEPTED = {"low_cpu_mem_usage", "from_tf", "from_flax", "trust_remote_code", "resume_download", "_fast_init",
-             "use_flash_attention_2", "weights_only", "force_download"}
-_NOT_OFFERED = {
-    "token": "pass a hub token through the HF_TOKEN environment variable or `hf auth login` instead",
-    "use_auth_token": "pass a hub token through the HF_TOKEN environment variable or `hf auth login` instead",
-    "proxies": "set HTTPS_PROXY instead", "subfolder": "give the folder's path instead",
-    "variant": "give the weights file's path instead", "state_dict": "use load_state_dict on the model",
-    "ignore_mismatched_sizes": "load, then replace the head", "quantization_config": "quantization is not offered",
-    "max_memory": "the model is placed on one device", "offload_folder": "the model is placed on one device",
-    "offload_state_dict": "the model is placed on one device", "gguf_file": "GGUF files are not read",
-    "tp_plan": "tensor parallelism is not offered", "key_mapping": "checkpoint names are GPT-2's",
-}
-
-
-def _push(obj, repo_id, commit_message, private, token, create_pr, revision, **save_kwargs):
-    from ..common import hub
-
-    return hub.push_to_hub(lambda folder: obj.save_pretrained(folder, **save_kwargs), repo_id,
-                           commit_message=commit_message, private=private, token=token, create_pr=create_pr,
-                           revision=revision)
-
-
-def _config_overrides(cls_name: str, kwargs: dict) -> dict:
-    """from_pretrained's extra keyword arguments -> config overrides, after transformers' loading options."""
-    for key in list(kwargs):
-        if key in _NOT_OFFERED:
-            raise TypeError(f"{cls_name}.from_pretrained(): {key}= is not supported ({_NOT_OFFERED[key]})")
-        if key in _ACCEPTED:
-            value = kwargs.pop(key)
-            why = {"weights_only": "checkpoints are never unpickled with code" if value is False else None,
-                   "use_flash_attention_2": "use attn_implementation='flash_attention_2'" if value else None,
-                   "force_download": "delete the cached files instead" if value else None}.get(key)
-            if why:
-                raise TypeError(f"{cls_name}.from_pretrained(): {key}={value!r} is not supported ({why})")
-    return kwargs
 
 
 def _resolve_device(device) -> torch.device:
