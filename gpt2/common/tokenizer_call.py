@@ -71,6 +71,9 @@ class CallMixin:
             raise ValueError(f"max_length must be a non-negative integer, got {max_length!r}")
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
             raise ValueError(f"stride must be a non-negative integer, got {stride!r}")
+        if return_overflowing_tokens and not self._overflow_windows and trunc == "do_not_truncate":
+            raise ValueError("return_overflowing_tokens needs truncation (and a max_length, or model_max_length) to "
+                             "report what was cut")
         wants = {
             "token_type_ids": return_token_type_ids if return_token_type_ids is not None
             else "token_type_ids" in self.model_input_names,
@@ -134,9 +137,6 @@ class CallMixin:
                 row["token_type_ids"] = [0] * n
             if wants["special_tokens_mask"]:
                 row["special_tokens_mask"] = [0] * n
-            if overflow and not windows and (max_length is None or trunc == "do_not_truncate"):
-                raise ValueError("return_overflowing_tokens needs truncation and a max_length (or "
-                                 "model_max_length) to report what was cut")
             return [row], (([], n - max_length) if overflow and not windows else None)
         mid = bos if self._bos_before_pair else []
         n_special = len(bos) + (len(mid) if pair_ids is not None else 0)
@@ -156,9 +156,6 @@ class CallMixin:
                     tail = ([t[0] for t in cut] if want_offsets else cut, total - max_length)
                 pieces = [truncate_pair(first, second, budget, trunc, self.truncation_side,
                                         self._balanced_truncation)]
-        elif overflow and not windows:
-            raise ValueError("return_overflowing_tokens needs truncation and a max_length (or model_max_length) "
-                             "to report what was cut")
         return [self._assemble(a, b if pair_ids is not None else None, bos, mid, want_offsets)
                 for a, b in pieces], tail
 

@@ -18,8 +18,11 @@ from .cache import KVCache
 from .logits_process import run_processors
 
 
-def check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length: int, streamer) -> None:
-    """Refuse what assisted decoding does not do, naming it."""
+def check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length: int, streamer,
+                    other_inputs: bool) -> None:
+    """Refuse what assisted decoding does not do, naming it (``other_inputs``: inputs_embeds / token_type_ids)."""
+    if other_inputs:
+        raise ValueError("assistant_model works from input_ids alone (no inputs_embeds / token_type_ids)")
     if not callable(getattr(assistant, "forward", None)) or not hasattr(assistant, "config"):
         raise TypeError(f"assistant_model must be a GPT-2 language model, got {type(assistant).__name__}")
     if assistant.config.vocab_size != model.config.vocab_size:
@@ -42,10 +45,7 @@ class _Runner:
     """One model over a static cache that can be cut back: ``feed(ids (1, n))`` -> logits (n, V) in fp32."""
 
     def __init__(self, model, max_length: int, device) -> None:
-        c = model.config
-        self.model = model
-        self.cache = KVCache.static_cache(c.n_layer, 1, c.n_head, max_length, c.n_embd // c.n_head, model.dtype,
-                                          device)
+        self.model, self.cache = model, KVCache.for_model(model, 1, max_length, device)
 
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, return_dict=True)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput
 from .generation import Decoder, _append, _tuple
-from .stopping import _Stop
+from .stopping import Stop
 from .logits_process import run_processors
 
 NEG = -1.0e9  # transformers' "impossible" score
@@ -31,7 +31,7 @@ def _gather(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, indices, dim=1)
 
 
-def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: GenerationConfig, stop: _Stop, pad,
+def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: GenerationConfig, stop: Stop, pad,
                 eos: list[int], generator: torch.Generator | None = None):
     """``input_ids`` (B * num_beams, T), each prompt repeated num_beams times. Returns the ids of the best
     num_return_sequences hypotheses per item (B * num_return_sequences, T'), or the output object."""

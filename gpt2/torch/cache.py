@@ -39,6 +39,12 @@ class KVCache:
         return cache
 
     @classmethod
+    def for_model(cls, model, batch_size: int, max_length: int, device) -> "KVCache":
+        """A static cache for ``model`` (its config and dtype): ``max_length`` tokens of ``batch_size`` rows."""
+        c = model.config
+        return cls.static_cache(c.n_layer, batch_size, c.n_head, max_length, c.n_embd // c.n_head, model.dtype, device)
+
+    @classmethod
     def from_legacy_cache(cls, past) -> "KVCache":
         """From transformers' tuple format: ((k, v), ...) per layer."""
         cache = cls()

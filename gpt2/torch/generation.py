@@ -30,7 +30,7 @@ from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, Ge
 from ..common.outputs import GenerateDecoderOnlyOutput
 from .cache import KVCache
 from .logits_process import logits_processors, run_processors
-from .stopping import _check_late, _LateCheck, _Stop
+from .stopping import LateCheck, Stop, use_late_check
 from .streamers import BaseStreamer
 
 
@@ -52,17 +52,15 @@ class Decoder:
         c, device = model.config, input_ids.device
         self.model = model
         self.fixed = None
-        new_cache = lambda capacity: KVCache.static_cache(  # noqa: E731
-            c.n_layer, B, c.n_head, capacity, c.n_embd // c.n_head, model.dtype, device)
         if fixed_step is None:
-            self.cache = new_cache(max_length)
+            self.cache = KVCache.for_model(model, B, max_length, device)
         else:  # a cache rounded up to 64 positions: fewer shapes, so fewer captures and recompilations
             from .compiled import FixedStep
 
             capacity = min(c.n_positions, -(-max_length // 64) * 64)
             how, options, keep = fixed_step
-            self.fixed = FixedStep.for_run(model, lambda: new_cache(capacity), (B, capacity, model.dtype, device),
-                                           how, options, keep)
+            self.fixed = FixedStep.for_run(model, lambda: KVCache.for_model(model, B, capacity, device),
+                                           (B, capacity, model.dtype, device), how, options, keep)
             self.cache = self.fixed.cache
         self.kwargs = dict(use_cache=True, return_dict=True, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states)
@@ -246,27 +244,33 @@ class GenerationMixin:
         return merge(base, **kwargs)
 
 
-_UNSUPPORTED = {  # settings whose decoding strategy is not implemented here -> ValueError, never silently ignored
-    "penalty_alpha": lambda v: v is not None and v > 0, "num_beam_groups": lambda v: v != 1,
-    "diversity_penalty": lambda v: v not in (None, 0, 0.0), "force_words_ids": lambda v: v is not None,
-    "encoder_repetition_penalty": lambda v: v not in (None, 1, 1.0),
-    "guidance_scale": lambda v: v not in (None, 1, 1.0), "watermarking_config": lambda v: v is not None,
-    "low_memory": lambda v: bool(v), "token_healing": lambda v: bool(v),
-    "encoder_no_repeat_ngram_size": lambda v: v not in (None, 0), "prompt_lookup_num_tokens": lambda v: v is not None,
-    "dola_layers": lambda v: v is not None, "constraints": lambda v: v is not None,
-    "cache_implementation": lambda v: v not in (None, "static", "dynamic"),
+_CONTRASTIVE = ("contrastive, group-beam, constrained and guided decoding are not implemented; transformers 4.56+ "
+                "moved the first three to Hub code, which this package never runs")
+_UNSUPPORTED = {  # setting -> (is it asked for?, why not): a ValueError, never silently ignored
+    "penalty_alpha": (lambda v: v is not None and v > 0, _CONTRASTIVE),
+    "num_beam_groups": (lambda v: v != 1, _CONTRASTIVE),
+    "diversity_penalty": (lambda v: v not in (None, 0, 0.0), _CONTRASTIVE),
+    "force_words_ids": (lambda v: v is not None, _CONTRASTIVE),
+    "constraints": (lambda v: v is not None, _CONTRASTIVE),
+    "encoder_repetition_penalty": (lambda v: v not in (None, 1, 1.0), "GPT-2 has no encoder"),
+    "encoder_no_repeat_ngram_size": (lambda v: v not in (None, 0), "GPT-2 has no encoder"),
+    "guidance_scale": (lambda v: v not in (None, 1, 1.0), "classifier-free guidance is not implemented"),
+    "watermarking_config": (lambda v: v is not None, "watermarking is not implemented"),
+    "low_memory": (lambda v: bool(v), "the sequential beam search is not implemented"),
+    "token_healing": (lambda v: bool(v), "token healing is not implemented"),
+    "prompt_lookup_num_tokens": (lambda v: v is not None, "prompt-lookup decoding is not implemented"),
+    "dola_layers": (lambda v: v is not None, "DoLa decoding is not implemented"),
+    "cache_implementation": (lambda v: v not in (None, "static", "dynamic"),
+                             "only 'static' and 'dynamic' are, both run as one preallocated cache"),
 }
 
 
-def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, inputs_embeds=None):
-    """Validate at the boundary; returns (input_ids, attention_mask) as long tensors on the model's device (with
-    inputs_embeds alone, input_ids is a placeholder of its (B, T): generate() never shows it)."""
-    for name, unsupported in _UNSUPPORTED.items():
-        if unsupported(getattr(cfg, name, None)):
-            why = ("contrastive, group-beam, constrained and guided decoding are not implemented; transformers 4.56+ "
-                   "moved the first three to Hub code, which this package never runs")
-            if name == "cache_implementation":
-                why = "only 'static' and 'dynamic' are, both run as one preallocated cache"
+def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, inputs_embeds=None,
+                   token_type_ids=None):
+    """Validate at the boundary; returns (input_ids, attention_mask, token_type_ids), ids as long tensors on the
+    model's device (with inputs_embeds alone, input_ids is a placeholder of its (B, T): generate() never shows it)."""
+    for name, (asked, why) in _UNSUPPORTED.items():
+        if asked(getattr(cfg, name, None)):
             raise ValueError(f"generate(): {name}={getattr(cfg, name)!r} is not supported ({why})")
     if streamer is not None and cfg.num_beams > 1:
         raise ValueError("streamer cannot be used with beam search (transformers' rule): set num_beams=1")
@@ -300,7 +304,12 @@ def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, stre
         if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    return input_ids.to(device=device, dtype=torch.long), attention_mask
+    if token_type_ids is not None:
+        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(f"token_type_ids must be a tensor of the prompt's shape {tuple(input_ids.shape)}, got "
+                             f"{tuple(getattr(token_type_ids, 'shape', ()))}")
+        token_type_ids = token_type_ids.to(device=device, dtype=torch.long)  # the model checks the range
+    return input_ids.to(device=device, dtype=torch.long), attention_mask, token_type_ids
 
 
 class _Hooks:
@@ -319,12 +328,8 @@ class _Hooks:
 
 def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
               inputs_embeds=None, token_type_ids=None, assistant=None):
-    input_ids, attention_mask = _check_request(model, cfg, input_ids, attention_mask, streamer, inputs_embeds)
-    if token_type_ids is not None:
-        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != tuple(input_ids.shape):
-            raise ValueError(f"token_type_ids must be a tensor of the prompt's shape {tuple(input_ids.shape)}, got "
-                             f"{tuple(getattr(token_type_ids, 'shape', ()))}")
-        token_type_ids = token_type_ids.to(device=input_ids.device, dtype=torch.long)  # the model checks the range
+    input_ids, attention_mask, token_type_ids = _check_request(model, cfg, input_ids, attention_mask, streamer,
+                                                               inputs_embeds, token_type_ids)
     if inputs_embeds is not None:
         inputs_embeds = inputs_embeds.to(device=model.device, dtype=model.dtype)
     stop_strings = StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings is not None else None
@@ -351,25 +356,21 @@ def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer,
         token_type_ids = token_type_ids.repeat_interleave(expand, dim=0) if token_type_ids is not None else None
     B, T = input_ids.shape
     min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
-    if assistant is not None:
-        from .assisted import assisted_greedy, check_assistant
-
-        check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length, streamer)
-        if inputs_embeds is not None or token_type_ids is not None:
-            raise ValueError("assistant_model works from input_ids alone (no inputs_embeds / token_type_ids)")
-        processors = logits_processors(cfg, V, T, min_length, max_length, eos, device, hooks.processors,
-                                       hooks.prefix_fn)
-        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria)
-        return assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_length)
     offset = T if inputs_embeds is not None else 0  # processors and criteria see the ids from here on
     processors = logits_processors(cfg, V, T - offset, max(min_length - offset, 0), max_length - offset, eos, device,
                                    hooks.processors, hooks.prefix_fn)
+    stop = Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria, offset)
+    if assistant is not None:
+        from .assisted import assisted_greedy, check_assistant
+
+        check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length, streamer,
+                        inputs_embeds is not None or token_type_ids is not None)
+        return assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_length)
     record = cfg.return_dict_in_generate
     fixed = _fixed_step(model, cfg, device) if token_type_ids is None else None  # the fixed step has no types
     decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
                       record and cfg.output_hidden_states, fixed, inputs_embeds, token_type_ids)
     try:
-        stop = _Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria, offset)
         if cfg.num_beams > 1:
             from .beam_search import beam_search
 
@@ -390,7 +391,7 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     scores, logits, attentions, hidden = ([] if record and flag else None for flag in (
         cfg.output_scores, cfg.output_logits, cfg.output_attentions, cfg.output_hidden_states))
-    late = _LateCheck(device) if _check_late(device, streamer, record, stop) else None
+    late = LateCheck(device) if use_late_check(device, streamer, record, stop) else None
     cur, next_logits = T, decoder(input_ids)
     while True:
         next_scores = run_processors(processors, ids[:, start:cur], next_logits)

@@ -9,7 +9,7 @@ import time
 import torch
 
 
-class _Stop:
+class Stop:
     """transformers' stopping criteria: max_length, eos as the last token, max_time, stop strings (common/generation.py
     StopStrings, on the host), then the caller's ``criteria``. Returns done rows (bool)."""
 
@@ -40,14 +40,14 @@ class _Stop:
         return done
 
 
-def _check_late(device, streamer, record: bool, stop: "_Stop") -> bool:
-    """Read the stop check one step late (``_LateCheck``) on CUDA, where waiting for it every step would leave the GPU
+def use_late_check(device, streamer, record: bool, stop: Stop) -> bool:
+    """Read the stop check one step late (``LateCheck``) on CUDA, where waiting for it every step would leave the GPU
     idle while the host prepares the next step. Not with a streamer or recorded outputs (they would see the extra
     step) nor with stop strings (their check reads the tokens on the host anyway)."""
     return device.type == "cuda" and streamer is None and not record and stop.stop_strings is None
 
 
-class _LateCheck:
+class LateCheck:
     """Whether any row is still running, read one step late: step t's flag is copied to the host without waiting,
     and read at step t+1, after that step's work is queued. When it says every row had finished, generate() drops
     the one token computed since, so the output is what an immediate check gives (the only trace: sampling drew

@@ -227,7 +227,7 @@ def test_late_stop_check_gives_the_same_output(finish_at, sample, monkeypatch):
         eos = sorted({int(free[0, 6 + 1]), int(free[1, 6 + finish_at - 1]), int(free[2, 6 + finish_at - 1])})
     kwargs = dict(kwargs, eos_token_id=eos)
     immediate = run(m, **dict(kwargs, generator=torch.Generator().manual_seed(0)) if sample else kwargs)
-    monkeypatch.setattr(generation, "_check_late", lambda *args: True)
+    monkeypatch.setattr(generation, "use_late_check", lambda *args: True)
     late = run(m, **dict(kwargs, generator=torch.Generator().manual_seed(0)) if sample else kwargs)
     assert torch.equal(late, immediate)
     assert (immediate.shape[1] == IDS.shape[1] + 12) == (finish_at is None)
