@@ -28,8 +28,9 @@ def read_tokenizer_json(path: str | os.PathLike) -> tuple[dict[str, int], list[t
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a JSON file ({e})") from e
     model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or "vocab" not in model:
-        raise ValueError(f"{path}: not a BPE tokenizer (model type {getattr(model, 'get', dict().get)('type')!r})")
+    model = model if isinstance(model, dict) else {}
+    if model.get("type", "BPE") != "BPE" or "vocab" not in model:
+        raise ValueError(f"{path}: not a BPE tokenizer (model type {model.get('type')!r})")
     unsupported = {"dropout": None, "byte_fallback": False, "continuing_subword_prefix": "", "end_of_word_suffix": ""}
     for key, expected in unsupported.items():
         if model.get(key) not in (expected, None):

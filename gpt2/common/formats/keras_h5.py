@@ -156,7 +156,10 @@ def write(state, folder: Path, config, *, max_shard_size=None, progress=None) ->
         weights[key] = array.astype(np.float32) if array.dtype.name == "bfloat16" else array  # HDF5: no bfloat16
 
     def write_file(part: dict[str, np.ndarray], target: Path) -> None:
-        (_write_keras if target.name == FILENAMES[0] else _write_shard)(part, target, model_name)
+        if target.name == FILENAMES[0]:
+            _write_keras(part, target, model_name)
+        else:
+            _write_shard(part, target)
 
     return pt_layout.write(weights, folder, FILENAMES[0], write_file, max_shard_size, progress,
                            index_name=lambda key: f"{model_name}/{key}")
@@ -182,7 +185,7 @@ def _write_keras(weights: dict[str, np.ndarray], path: Path, model_name: str) ->
             f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
 
 
-def _write_shard(weights: dict[str, np.ndarray], path: Path, model_name: str) -> None:
+def _write_shard(weights: dict[str, np.ndarray], path: Path) -> None:
     """One shard as transformers' TF save_pretrained writes it: root datasets (sorted), listed in layer_names."""
     import h5py
 
