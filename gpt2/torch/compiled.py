@@ -21,6 +21,7 @@ import weakref
 import torch
 
 from .attention import mask_value, sdpa_attention
+from .cache import KVCache
 
 COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
 # What a model keeps between generate() calls (its last FixedStep, its torch.compile wrappers), outside the model so
@@ -95,14 +96,16 @@ class FixedStep:
                     torch._dynamo.mark_static_address(buffer)
 
     @classmethod
-    def for_run(cls, model, cache_factory, key: tuple, how: str, options: dict | None, keep: bool) -> "FixedStep":
-        """The model's kept step when ``key`` (shapes, dtype, parameter addresses) matches and it is free, else a
-        new one over ``cache_factory()`` (kept when ``keep``). Call ``start`` on it, and ``release`` after the run."""
-        key = (how, repr(options), key, tuple(p.data_ptr() for p in model.parameters()))
+    def for_run(cls, model, batch_size: int, capacity: int, device, how: str, options: dict | None,
+                keep: bool) -> "FixedStep":
+        """The model's kept step when it matches (batch size, capacity, dtype, device, parameter addresses) and is
+        free, else a new one over a new cache (kept when ``keep``). Call ``start`` on it, ``release`` after the run."""
+        key = (how, repr(options), batch_size, capacity, model.dtype, str(device),
+               tuple(p.data_ptr() for p in model.parameters()))
         kept = _KEPT.setdefault(model, {}).get("step")
         if kept is not None and kept[0] == key and kept[1].busy.acquire(blocking=False):
             return kept[1]
-        step = cls(model, cache_factory(), how, options)
+        step = cls(model, KVCache.for_model(model, batch_size, capacity, device), how, options)
         step.busy.acquire()
         if keep and (kept is None or not kept[1].busy.locked()):
             _KEPT[model]["step"] = (key, step)  # replaces (frees) the one kept before

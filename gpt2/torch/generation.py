@@ -59,8 +59,7 @@ class Decoder:
 
             capacity = min(c.n_positions, -(-max_length // 64) * 64)
             how, options, keep = fixed_step
-            self.fixed = FixedStep.for_run(model, lambda: KVCache.for_model(model, B, capacity, device),
-                                           (B, capacity, model.dtype, device), how, options, keep)
+            self.fixed = FixedStep.for_run(model, B, capacity, device, how, options, keep)
             self.cache = self.fixed.cache
         self.kwargs = dict(use_cache=True, return_dict=True, output_attentions=output_attentions,
                            output_hidden_states=output_hidden_states)
