@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import hub
+from . import files, hub
 from .config import GPT2Config
 
 # The heads, by the name of their first tensor, with the transformers class that owns them.
@@ -239,6 +239,7 @@ def detect_format(folder: str | os.PathLike) -> tuple[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {str(folder)!r}")
+    check_complete(folder)
     for fmt, module in _formats().items():
         found = module.find(folder)
         if found is not None:
@@ -250,11 +251,29 @@ def detect_format(folder: str | os.PathLike) -> tuple[str, Path]:
     )
 
 
+def check_complete(folder: str | os.PathLike) -> None:
+    """CheckpointError when a save into ``folder`` has not finished (its marker is there): the weights and
+    config.json may then be of different saves, or of two formats at once. See docs/checkpoints.md."""
+    info = files.interrupted_save(folder)
+    if info is None:
+        return
+    if info["running"]:
+        raise CheckpointError(
+            f"{folder}: a save into this folder is in progress (pid {info['pid']} on {info['host']}, started "
+            f"{info['started']}); load it when the save has finished (or delete {info['path']} if none runs)")
+    raise CheckpointError(
+        f"{folder}: an interrupted save left this folder inconsistent (started {info['started']}, pid "
+        f"{info['pid']}); save again or delete {info['path']}")
+
+
 def resolve_checkpoint(
     name_or_path: str | os.PathLike, *, revision=None, cache_dir=None, local_files_only=False
 ) -> tuple[str, Path]:
-    """(format, local main file) for a folder, a weights file, or a hub name (local HF cache first)."""
+    """(format, local main file) for a folder, a weights file, or a hub name (local HF cache first).
+    A local folder that a save has not finished writing is a CheckpointError (``check_complete``)."""
     path = Path(name_or_path)
+    if path.is_dir() or path.is_file():
+        check_complete(path if path.is_dir() else path.parent)
     if path.is_file():
         name = path.name[: -len(".index.json")] if path.name.endswith(".index.json") else path.name
         for fmt, (_, suffix) in _FORMATS.items():
@@ -323,12 +342,19 @@ def save_checkpoint(
     write_config: bool = True,
     progress: Callable[[int], None] | None = None,
     architecture: str | None = None,
-) -> list[Path]:
-    """Write a canonical state (and config.json) to a folder in ``format``; returns the files written.
+) -> "SavedFiles":
+    """Write a canonical state (and config.json) to a folder in ``format``; returns the files written (a list, whose
+    ``removed`` lists the files the save removed).
 
-    The state is validated first; every file is written atomically. ``max_shard_size`` (bytes or "5GB") shards the
-    safetensors and pytorch formats as transformers does. ``architecture`` (a transformers class name) goes to
-    config.json; by default it is inferred from the heads present.
+    The state is validated first. ``max_shard_size`` (bytes or "5GB") shards the safetensors, pytorch and tf
+    formats as transformers does. ``architecture`` (a transformers class name) goes to config.json; by default it
+    is inferred from the heads present.
+
+    The save is one transaction (``files.FolderWrite``): every file is written under a temporary name first, so a
+    failure while writing (a full disk) changes nothing; then the files are renamed into place, and the weights of
+    an earlier save (old shards, another format's files, which would otherwise win the format order) are removed,
+    with a warning naming any other format's files. A crash during that last step leaves a marker that makes every
+    load refuse the folder until a save completes. Temporary files that killed saves left are removed.
     """
     if format not in WRITABLE_FORMATS:
         raise ValueError(f"cannot write format {format!r}; expected one of {', '.join(WRITABLE_FORMATS)}")
@@ -336,15 +362,41 @@ def save_checkpoint(
     if save_directory.is_file():
         raise ValueError(f"{str(save_directory)!r} is a file, expected a folder")
     state = validate(dict(state), config, "state to save")
-    save_directory.mkdir(parents=True, exist_ok=True)
+    from .formats.pt_layout import weight_files
+
     module = format_module(format)
-    written = module.write(state, save_directory, config, max_shard_size=max_shard_size, progress=progress)
-    if write_config:
-        config = config.copy()
-        config.architectures = [architecture or architecture_of(state, config)]
-        config.save_pretrained(save_directory)
-        written.append(save_directory / "config.json")
+    with files.FolderWrite(save_directory) as stage:
+        written = SavedFiles(module.write(state, stage, config, max_shard_size=max_shard_size, progress=progress))
+        if write_config:
+            config = config.copy()
+            config.architectures = [architecture or architecture_of(state, config)]
+            config.validate()
+            stage.write_text(save_directory / "config.json", config.to_json_string())
+            written.append(save_directory / "config.json")
+        # One model per folder: a file of any writable format not written now is an earlier save's (OpenAI's files
+        # stay: they never win the format order, and no save can write them back).
+        stale = [p for fmt in WRITABLE_FORMATS for p in weight_files(save_directory, format_module(fmt).FILENAMES)
+                 if p not in written]
+        own = set(weight_files(save_directory, module.FILENAMES))
+        stage.commit(remove=stale)
+    written.removed = stage.cleaned + stage.removed
+    others = [p.name for p in stage.removed if p not in own]
+    if others:
+        warnings.warn(f"saving {format} weights into {str(save_directory)!r} removed the weights of other formats "
+                      f"there, so that the folder holds one model: {', '.join(others)}", stacklevel=2)
+    if stage.cleaned:
+        warnings.warn(f"removed {len(stage.cleaned)} temporary files that interrupted saves left in "
+                      f"{str(save_directory)!r}: {', '.join(p.name for p in stage.cleaned)}", stacklevel=2)
     return written
+
+
+class SavedFiles(list):
+    """The files a save wrote (a list of paths), with ``removed``: the files it removed (an earlier save's weights,
+    other formats' weights, temporary files of killed saves)."""
+
+    def __init__(self, paths: Iterable[Path] = (), removed: Iterable[Path] = ()) -> None:
+        super().__init__(paths)
+        self.removed = list(removed)
 
 
 def parse_size(size: int | str | None) -> int | None:

@@ -256,9 +256,13 @@ def test_pytorch_bin_never_runs_code(tmp_path):
 
 
 def test_format_preference_and_file_paths(tmp_path):
+    import shutil
+
     config = GPT2Config(**TINY)
-    save_checkpoint(random_state(config, seed=1), tmp_path, config, format="flax")
+    # a save leaves one model per folder, so two formats side by side come from elsewhere (a copy, another tool)
+    save_checkpoint(random_state(config, seed=1), tmp_path / "flax", config, format="flax")
     save_checkpoint(random_state(config, seed=2), tmp_path, config, format="safetensors")
+    shutil.copyfile(tmp_path / "flax" / "flax_model.msgpack", tmp_path / "flax_model.msgpack")
     assert ckpt.detect_format(tmp_path)[0] == "safetensors"
     flax_state, _ = load_checkpoint(tmp_path / "flax_model.msgpack")
     assert_same(flax_state, random_state(config, seed=1))

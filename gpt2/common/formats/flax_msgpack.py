@@ -130,13 +130,13 @@ def _chunk(array: np.ndarray):
             "chunks": {str(i): c for i, c in enumerate(chunks)}}
 
 
-def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
+def write(state, stage: files.FolderWrite, config, *, max_shard_size=None, progress=None) -> list[Path]:
     """Stream the tree into the file, one tensor at a time (the whole file is never held in memory), atomically."""
     import msgpack
 
     if max_shard_size is not None:
         raise ValueError("flax_model.msgpack is written as one file; max_shard_size applies to safetensors and pytorch")
-    path = folder / FILENAMES[0]
+    path = stage.folder / FILENAMES[0]
     tree: dict = {}
     for key, make in to_format(state, key_of, str(path), lazy=True).items():
         *parents, leaf = key.split("/")
@@ -145,7 +145,7 @@ def write(state, folder: Path, config, *, max_shard_size=None, progress=None) ->
             node = node.setdefault(p, {})
         node[leaf] = make  # converted (transposed) only when written
     packer = msgpack.Packer(default=_encode_ext, use_bin_type=True)
-    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with stage.path(path) as tmp, open(tmp, "wb") as f:
         def emit(node) -> None:  # the same bytes msgpack.packb(tree) gives: map header, then key, value, ...
             if callable(node):
                 array = node()

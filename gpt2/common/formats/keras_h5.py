@@ -143,26 +143,27 @@ def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
     return from_format(raw, key_of, config, str(main), _aliases, progress)
 
 
-def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
+def write(state, stage: files.FolderWrite, config, *, max_shard_size=None, progress=None) -> list[Path]:
     if "lm_head.weight" in state:
         raise CheckpointError(
             "tf_model.h5 cannot hold an untied lm_head.weight: transformers' TF GPT-2 always ties it to wte "
             "(convert to safetensors or flax, or tie the weights)"
         )
     model_name = _MODEL_NAMES[architecture_of(state, config)]
-    path = folder / FILENAMES[0]
+    path = stage.folder / FILENAMES[0]
     weights = {}
     for key, array in to_format(state, key_of, str(path)).items():
         weights[key] = array.astype(np.float32) if array.dtype.name == "bfloat16" else array  # HDF5: no bfloat16
 
     def write_file(part: dict[str, np.ndarray], target: Path) -> None:
-        if target.name == FILENAMES[0]:
+        if part is weights:  # the whole state: one tf_model.h5 (a sharded save passes parts)
             _write_keras(part, target, model_name)
         else:
             _write_shard(part, target)
 
-    return pt_layout.write(weights, folder, FILENAMES[0], write_file, max_shard_size, progress,
-                           index_name=lambda key: f"{model_name}/{key}")
+    # h5py reports most write failures as OSError, some (a failing flush) as RuntimeError
+    return pt_layout.write(weights, stage, FILENAMES[0], write_file, max_shard_size, progress,
+                           index_name=lambda key: f"{model_name}/{key}", errors=(RuntimeError,))
 
 
 def _write_keras(weights: dict[str, np.ndarray], path: Path, model_name: str) -> None:
@@ -172,26 +173,24 @@ def _write_keras(weights: dict[str, np.ndarray], path: Path, model_name: str) ->
     layers: dict[str, list[tuple[str, np.ndarray]]] = {}
     for key, array in weights.items():
         layers.setdefault(key.split("/")[0], []).append((f"{model_name}/{key}", array))
-    with files.atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _set_attr_list(f, "layer_names", list(layers))
-            f.attrs["backend"] = b"tensorflow"
-            f.attrs["keras_version"] = b"2.21.0"
-            for layer, items in layers.items():
-                group = f.create_group(layer)
-                _set_attr_list(group, "weight_names", [w for w, _ in items])
-                for weight, array in items:
-                    group.create_dataset(weight, data=array)
-            f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
+    with h5py.File(path, "w") as f:
+        _set_attr_list(f, "layer_names", list(layers))
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.21.0"
+        for layer, items in layers.items():
+            group = f.create_group(layer)
+            _set_attr_list(group, "weight_names", [w for w, _ in items])
+            for weight, array in items:
+                group.create_dataset(weight, data=array)
+        f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype="S1")
 
 
 def _write_shard(weights: dict[str, np.ndarray], path: Path) -> None:
     """One shard as transformers' TF save_pretrained writes it: root datasets (sorted), listed in layer_names."""
     import h5py
 
-    with files.atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            names = sorted(weights)
-            for name in names:
-                f.create_dataset(name, data=weights[name])
-            _set_attr_list(f, "layer_names", names)
+    with h5py.File(path, "w") as f:
+        names = sorted(weights)
+        for name in names:
+            f.create_dataset(name, data=weights[name])
+        _set_attr_list(f, "layer_names", names)

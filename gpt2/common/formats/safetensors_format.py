@@ -39,8 +39,8 @@ def _read_file(path: Path):
 def _write_file(state: dict[str, np.ndarray], path: Path) -> None:
     from safetensors.numpy import save_file
 
-    with files.atomic_path(path) as tmp:  # written straight to disk: no whole-file buffer in memory
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+    # written straight to disk: no whole-file buffer in memory
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
 def _written_by(main: Path) -> str | None:
@@ -70,5 +70,8 @@ def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
     return from_format(raw, key_of, config, str(main), pt_layout.aliases, progress)
 
 
-def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
-    return pt_layout.write(state, folder, FILENAMES[0], _write_file, max_shard_size, progress)
+def write(state, stage: files.FolderWrite, config, *, max_shard_size=None, progress=None) -> list[Path]:
+    from safetensors import SafetensorError  # what save_file raises on a failed write (a full disk...)
+
+    return pt_layout.write(state, stage, FILENAMES[0], _write_file, max_shard_size, progress,
+                           errors=(SafetensorError,))

@@ -77,8 +77,7 @@ def _read_file(path: Path):
 def _write_file(state: dict[str, np.ndarray], path: Path) -> None:
     torch = _torch()
     tensors = {name: _from_numpy(array, torch) for name, array in state.items()}
-    with files.atomic_path(path) as tmp:
-        torch.save(tensors, str(tmp))
+    torch.save(tensors, str(path))
 
 
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
@@ -86,5 +85,7 @@ def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
     return from_format(raw, key_of, config, str(main), pt_layout.aliases, progress)
 
 
-def write(state, folder: Path, config, *, max_shard_size=None, progress=None) -> list[Path]:
-    return pt_layout.write(state, folder, FILENAMES[0], _write_file, max_shard_size, progress)
+def write(state, stage: files.FolderWrite, config, *, max_shard_size=None, progress=None) -> list[Path]:
+    # torch.save reports a failed write (a full disk...) as a RuntimeError ("unexpected pos ...")
+    return pt_layout.write(state, stage, FILENAMES[0], _write_file, max_shard_size, progress,
+                           errors=(RuntimeError,))
