@@ -15,12 +15,14 @@ renaming, layout ops, validation against the config, writing.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
+import ml_dtypes
 import numpy as np
 
 from . import files, hub
@@ -38,7 +40,7 @@ HEAD_CLASSES = {
 # Buffers that old transformers versions saved with the weights (the causal mask and its fill value). They carry no
 # learned values: dropped on read.
 _BUFFER = re.compile(r"(^|\.)h\.\d+\.(attn|crossattention)\.(bias|masked_bias)$")
-_FLOAT_KINDS = ("f", "V")  # 'V': ml_dtypes.bfloat16 reports kind 'V'
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 class CheckpointError(ValueError):
@@ -134,30 +136,96 @@ def to_format(state: dict[str, np.ndarray], key_of, where: str, lazy: bool = Fal
     return out
 
 
-def from_format(raw: Iterable[tuple[str, np.ndarray]], key_of, config: GPT2Config, where: str,
+class Lazy:
+    """A tensor a reader has found but not read: its declared ``shape`` and ``dtype``, and ``load()`` to read it.
+
+    Readers hand these to ``from_format``, which checks the declaration against the config before ``load()`` runs:
+    a small file that declares a huge tensor (an HDF5 dataset never written, a compressed record) is refused before
+    it can allocate anything. ``load()`` must be called before the reader is advanced (files are open only while
+    their reader runs).
+    """
+
+    __slots__ = ("shape", "dtype", "load")
+
+    def __init__(self, shape: tuple[int, ...], dtype, load: Callable[[], np.ndarray]) -> None:
+        self.shape, self.dtype, self.load = tuple(int(d) for d in shape), dtype, load
+
+
+def is_float_dtype(dtype) -> bool:
+    """float16/32/64 or bfloat16. bfloat16 is matched by identity: ml_dtypes reports kind 'V' for it, as numpy does
+    for structured (void) dtypes, which are not numbers at all."""
+    if not isinstance(dtype, np.dtype):
+        return False
+    return (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or dtype.newbyteorder("=") == _BFLOAT16
+
+
+def native(array: np.ndarray) -> np.ndarray:
+    """``array`` in this machine's byte order (a converted copy only when it is not already). Writers such as
+    flax.serialization write raw bytes with the dtype's name only, so a big-endian array would come out byte-swapped;
+    the canonical form is native, once, here."""
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
+
+
+_CANONICAL_SHAPE = {  # what each layout op's format -> canonical direction makes of a shape, without any data
+    "copy": lambda s: s,
+    "transpose": lambda s: s[::-1],
+    "bias_row": lambda s: (math.prod(s),),
+    "openai_conv": lambda s: s[1:] if len(s) == 3 and s[0] == 1 else s,
+}
+
+
+def _expected_shape_message(where: str, name: str, shape, want, config: GPT2Config) -> str:
+    return (
+        f"{where}: tensor {name!r} has shape {tuple(shape)}, the config wants {tuple(want)} "
+        f"(vocab_size={config.vocab_size}, n_positions={config.n_positions}, n_embd={config.n_embd}, "
+        f"n_inner={config.n_inner}, num_labels={config.num_labels})"
+    )
+
+
+def from_format(raw: Iterable[tuple[str, "np.ndarray | Lazy"]], key_of, config: GPT2Config, where: str,
                 aliases: Callable[[str], Iterable[str]] = lambda k: (k,),
                 progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """A format's (name, array) pairs -> canonical, by its ``key_of`` inverted over every name ``config`` allows.
+    """A format's (name, array or Lazy) pairs -> canonical, by its ``key_of`` inverted over every name ``config``
+    allows.
 
-    ``raw`` may be a lazy reader: ``progress(nbytes)`` is called as each tensor arrives. ``aliases(key)`` gives the
-    spellings a reader accepts for a key (older writers' names, a missing prefix).
+    Each tensor's declared shape and dtype are checked against the config before it is read (a ``Lazy`` is loaded
+    only then; a tensor the config has no place for is never read). Two names for one tensor (``h.0...`` beside
+    ``transformer.h.0...``, an old and a new spelling) are an error, never last-one-wins. Arrays come out in native
+    byte order. ``progress(nbytes)`` is called as each tensor arrives. ``aliases(key)`` gives the spellings a reader
+    accepts for a key (older writers' names, a missing prefix).
     """
     inverse = {}
-    for name in all_shapes(config):
+    shapes = all_shapes(config)
+    for name in shapes:
         mapped = key_of(name)
         if mapped is not None:
             inverse[mapped[0]] = (name, mapped[1])
-    state, unexpected = {}, []
-    for key, array in raw:
+    state, source, unexpected = {}, {}, []
+    for key, value in raw:
         if progress is not None:
-            progress(array.nbytes)
+            progress(math.prod(value.shape) * getattr(value.dtype, "itemsize", 0))
         hit = next((inverse[a] for a in aliases(key) if a in inverse), None)
         if hit is None:
             if not _BUFFER.search(key):
                 unexpected.append(key)
             continue
         name, op = hit
-        state[name] = LAYOUT_OPS[op][1](array)
+        if name in source:
+            again = "is listed twice" if source[name] == key else f"and {source[name]!r} both hold it"
+            raise CheckpointError(f"{where}: two tensors for {name!r}: {key!r} {again}; refusing to pick one")
+        source[name] = key
+        declared = tuple(value.shape)
+        if _CANONICAL_SHAPE[op](declared) != shapes[name]:
+            raise CheckpointError(_expected_shape_message(where, key, declared, shapes[name], config))
+        if not is_float_dtype(value.dtype):
+            raise CheckpointError(f"{where}: tensor {key!r} has dtype {value.dtype}, expected a float type")
+        array = value.load() if isinstance(value, Lazy) else value
+        if not isinstance(array, np.ndarray) or array.shape != declared or array.dtype != value.dtype:
+            got = f"{getattr(array, 'shape', '?')} {getattr(array, 'dtype', type(array).__name__)}"
+            raise CheckpointError(f"{where}: tensor {key!r} declared {declared} {value.dtype} but read as {got}")
+        state[name] = native(LAYOUT_OPS[op][1](array))
     if unexpected:
         shown = ", ".join(repr(k) for k in sorted(unexpected)[:8])
         more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
@@ -168,9 +236,19 @@ def from_format(raw: Iterable[tuple[str, np.ndarray]], key_of, config: GPT2Confi
     return state
 
 
+def max_file_bytes(config: GPT2Config) -> int:
+    """The most bytes a checkpoint file for ``config`` can need: every tensor it may hold at 8 bytes a value, the
+    causal-mask buffers old transformers versions saved, and 1 MiB for names and headers. Readers refuse records
+    larger than this before reading them."""
+    values = sum(math.prod(s) for s in all_shapes(config).values())
+    buffers = 2 * config.n_layer * (config.n_positions ** 2 + 1) * (2 if config.add_cross_attention else 1)
+    return 8 * (values + buffers) + (1 << 20)
+
+
 # -- validation ------------------------------------------------------------------------------------------------------
 def validate(state: dict[str, np.ndarray], config: GPT2Config, where: str) -> dict[str, np.ndarray]:
-    """Check names, shapes, dtypes and finiteness against ``config``; drop a tied lm_head. Returns the state.
+    """Check names, shapes, dtypes and finiteness against ``config``; drop a tied lm_head. Returns the state, every
+    array in native byte order (a big-endian array would be written byte-swapped by formats that store raw bytes).
 
     Every problem is a CheckpointError naming ``where`` and the tensor.
     """
@@ -190,16 +268,13 @@ def validate(state: dict[str, np.ndarray], config: GPT2Config, where: str) -> di
         if not isinstance(array, np.ndarray):
             raise CheckpointError(f"{where}: tensor {name!r} is a {type(array).__name__}, not a numpy array")
         if tuple(array.shape) != tuple(expected[name]):
-            raise CheckpointError(
-                f"{where}: tensor {name!r} has shape {tuple(array.shape)}, the config wants {tuple(expected[name])} "
-                f"(vocab_size={config.vocab_size}, n_positions={config.n_positions}, n_embd={config.n_embd}, "
-                f"n_inner={config.n_inner}, num_labels={config.num_labels})"
-            )
-        if array.dtype.kind not in _FLOAT_KINDS or array.dtype.itemsize not in (2, 4, 8):
+            raise CheckpointError(_expected_shape_message(where, name, array.shape, expected[name], config))
+        if not is_float_dtype(array.dtype):
             raise CheckpointError(f"{where}: tensor {name!r} has dtype {array.dtype}, expected a float type")
         if not np.isfinite(array).all():
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             raise CheckpointError(f"{where}: tensor {name!r} has {bad} non-finite values (NaN or inf)")
+    state = {name: native(array) for name, array in state.items()}
     if "lm_head.weight" in state and config.tie_word_embeddings:
         if not np.array_equal(state["lm_head.weight"], state["transformer.wte.weight"]):
             warnings.warn(

@@ -11,12 +11,13 @@ qa_outputs, multiple_choice_head) are written as flax.linen.Dense would hold the
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .. import files
-from ..checkpoint import HEAD_CLASSES, CheckpointError, from_format, to_format
+from ..checkpoint import HEAD_CLASSES, CheckpointError, Lazy, from_format, to_format
 
 FORMAT = "flax"
 FILENAMES = ("flax_model.msgpack",)
@@ -66,13 +67,18 @@ def _decode_ext(code: int, data: bytes):
     if code not in (_EXT_NDARRAY, _EXT_NPSCALAR):
         raise ValueError(f"unsupported msgpack extension type {code}")
     shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"array shape {shape!r} is not a list of sizes")
+    if not isinstance(buffer, bytes):
+        raise ValueError(f"array data is a {type(buffer).__name__}, not bytes")
     dtype = _dtype(dtype_name)
     if dtype.hasobject:
         raise ValueError(f"refusing object dtype {dtype}")
-    array = np.frombuffer(buffer, dtype=dtype)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"array of shape {tuple(shape)} holds {array.size} values")
-    return array.reshape(shape)
+    # the data is a view of bytes already read (np.frombuffer copies nothing): a declared shape that disagrees with
+    # the byte count is refused here, a shape that disagrees with the config by from_format.
+    if len(buffer) != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"array of shape {tuple(shape)} and dtype {dtype} with {len(buffer)} bytes of data")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def _encode_ext(obj):
@@ -84,35 +90,66 @@ def _encode_ext(obj):
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
-def _flatten(tree, prefix: str, out: dict[str, np.ndarray], path: Path) -> None:
+def _unique_map(pairs) -> dict:
+    """A msgpack map as a dict; a key present twice (a dict would keep the last silently) is refused."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} appears twice in one map; refused as ambiguous")
+    return out
+
+
+def _chunked(tree: dict, prefix: str, path: Path) -> Lazy:
+    """A chunked array as a Lazy: its declared shape and its chunks' dtype; the chunks are joined (a copy as large as
+    the declared array) only once from_format has checked that shape against the config."""
+    try:
+        shape = tuple(tree["shape"][str(i)] for i in range(len(tree["shape"])))
+        chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+        if not chunks or not all(isinstance(c, np.ndarray) and c.dtype == chunks[0].dtype for c in chunks):
+            raise ValueError("chunks are not arrays of one dtype")
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or sum(c.size for c in chunks) != math.prod(shape):
+            raise ValueError(f"chunks of {sum(c.size for c in chunks)} values for shape {shape}")
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: chunked array {prefix!r} is malformed ({e})") from None
+    return Lazy(shape, chunks[0].dtype, lambda: np.concatenate([c.reshape(-1) for c in chunks]).reshape(shape))
+
+
+def _flatten(tree, prefix: str, out: dict, path: Path) -> None:
     if isinstance(tree, dict) and tree.get(_CHUNKED) is True:
-        try:
-            shape = tuple(tree["shape"][str(i)] for i in range(len(tree["shape"])))
-            chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
-            out[prefix] = np.concatenate([c.reshape(-1) for c in chunks]).reshape(shape)
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: chunked array {prefix!r} is malformed ({e})") from None
+        out[prefix] = _chunked(tree, prefix, path)
     elif isinstance(tree, dict):
         for key, value in tree.items():
-            _flatten(value, f"{prefix}/{key}" if prefix else str(key), out, path)
+            # A key holding "/" ("transformer/wte" beside the nested transformer -> wte) would flatten onto another
+            # path and silently replace its tensor; flax never writes one.
+            if not isinstance(key, str) or "/" in key or not key:
+                raise CheckpointError(f"{path}: key {key!r} under {prefix or 'the root'!r} is not a plain name "
+                                      "(a non-empty string without '/'); refused as ambiguous")
+            name = f"{prefix}/{key}" if prefix else key
+            _flatten(value, name, out, path)
     elif isinstance(tree, np.ndarray):
         out[prefix] = tree
     else:
         raise CheckpointError(f"{path}: {prefix!r} is a {type(tree).__name__}, expected an array or a map")
 
 
-def read_raw(path: Path) -> dict[str, np.ndarray]:
-    """Every leaf of the tree, keyed by its '/'-joined path."""
+def read_raw(path: Path) -> dict:
+    """Every leaf of the tree (an array, or a Lazy for a chunked one), keyed by its '/'-joined path."""
     import msgpack
 
     if not path.is_file():
         raise FileNotFoundError(f"no file {str(path)!r}")
     try:
-        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_decode_ext, raw=False, strict_map_key=False)
+        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_decode_ext, raw=False, strict_map_key=False,
+                               object_pairs_hook=_unique_map)
+        out: dict = {}
+        _flatten(tree, "", out, path)
+    except (RecursionError, msgpack.StackError):  # msgpack's C unpacker stops at 1024 levels, _flatten sooner
+        raise CheckpointError(f"{path}: maps nested too deeply for a parameter tree") from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: not a readable Flax msgpack file ({type(e).__name__}: {e})") from None
-    out: dict[str, np.ndarray] = {}
-    _flatten(tree, "", out, path)
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
-from ..checkpoint import CheckpointError, architecture_of, from_format, to_format
+from ..checkpoint import CheckpointError, Lazy, architecture_of, from_format, to_format
 from . import pt_layout
 
 FORMAT = "tf"
@@ -91,7 +91,7 @@ def _set_attr_list(group, name: str, values: list[str]) -> None:
 
 
 def _weights(path: Path, walk):
-    """``walk(h5 file)``'s (name, array) pairs from the file at ``path``, lazily; a damaged file is a
+    """``walk(h5 file)``'s (name, Lazy) pairs from the file at ``path``, lazily; a damaged file is a
     CheckpointError naming it (h5py reports damage as OSError, KeyError, RuntimeError, UnicodeDecodeError...)."""
     import h5py
 
@@ -106,27 +106,87 @@ def _weights(path: Path, walk):
         raise CheckpointError(f"{path}: not a readable HDF5 weights file ({type(e).__name__}: {e})") from None
 
 
+def _dataset(root, name: str, path: Path):
+    """The dataset at ``name`` (a '/'-separated path below ``root``) as a Lazy, once it is known to hold its own
+    bytes, all written, in this file.
+
+    HDF5 can make a dataset read another file's bytes: external storage (raw bytes of any local file), virtual
+    datasets (another HDF5 file's data), external links; soft links alias another object of the file. Keras writes
+    none of them, and a weights file that uses them could read any local file into the weights (and a conversion
+    would then write those bytes out), so each is refused, naming the tensor. A dataset declared but never written
+    (its data is then the fill value, however large the shape) is refused too: a small file must not allocate a
+    huge array.
+    """
+    import h5py
+    from h5py import h5d
+
+    node = root
+    for part in name.strip("/").split("/"):
+        link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
+        if link is None:
+            raise CheckpointError(f"{path}: weight {name!r} is listed but absent")
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise CheckpointError(f"{path}: weight {name!r} goes through {kind} ({part!r}); refused: a weights file "
+                                  "must hold its tensors itself")
+        node = node[part]
+    if not isinstance(node, h5py.Dataset):
+        raise CheckpointError(f"{path}: weight {name!r} is a {type(node).__name__}, not a dataset")
+    dcpl = node.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5d.VIRTUAL:
+        raise CheckpointError(f"{path}: weight {name!r} is a virtual dataset (data from other files); refused")
+    if dcpl.get_external_count():
+        raise CheckpointError(f"{path}: weight {name!r} stores its data in an external file; refused")
+    nbytes = node.id.get_storage_size()
+    declared = node.size * node.dtype.itemsize
+    if layout == h5d.CONTIGUOUS and nbytes < declared or layout == h5d.CHUNKED and node.size and not nbytes:
+        raise CheckpointError(f"{path}: weight {name!r} declares {node.shape} but its data was never written "
+                              f"({nbytes} of {declared} bytes stored)")
+    if layout == h5d.CHUNKED and node.size:
+        chunks = 1
+        for dim, c in zip(node.shape, node.chunks):
+            chunks *= -(-dim // c)
+        if node.id.get_num_chunks() < chunks:
+            raise CheckpointError(f"{path}: weight {name!r} has unwritten chunks "
+                                  f"({node.id.get_num_chunks()} of {chunks} stored)")
+
+    def load():
+        try:
+            return np.asarray(node[()])
+        except Exception as e:  # damaged chunks, a failing filter: h5py raises OSError, ValueError...
+            raise CheckpointError(f"{path}: weight {name!r} cannot be read ({type(e).__name__}: {e})") from None
+
+    return Lazy(node.shape, node.dtype, load)
+
+
 def read_raw(path: Path):
-    """Every weight of a tf_model.h5, keyed by its name without the model-name component, lazily."""
+    """Every weight of a tf_model.h5 as a Lazy, keyed by its name without the model-name component, lazily."""
     def walk(f):
         for layer in _attr_list(f, "layer_names", path):
-            if layer not in f:
-                raise CheckpointError(f"{path}: layer {layer!r} is listed but has no group")
-            for weight in _attr_list(f[layer], "weight_names", path):
-                if weight not in f[layer]:
-                    raise CheckpointError(f"{path}: weight {weight!r} is listed but absent")
-                yield "/".join(weight.split("/")[1:]), np.asarray(f[layer][weight])
+            group = _dataset_group(f, layer, path)
+            for weight in _attr_list(group, "weight_names", path):
+                yield "/".join(weight.split("/")[1:]), _dataset(group, weight, path)
 
     return _weights(path, walk)
 
 
+def _dataset_group(f, layer: str, path: Path):
+    import h5py
+
+    link = f.get(layer, getlink=True)
+    if link is None:
+        raise CheckpointError(f"{path}: layer {layer!r} is listed but has no group")
+    if not isinstance(link, h5py.HardLink) or not isinstance(f[layer], h5py.Group):
+        raise CheckpointError(f"{path}: layer {layer!r} is not a group of this file (a link or a dataset); refused")
+    return f[layer]
+
+
 def _read_shard(path: Path):
-    """A shard of transformers' sharded TF checkpoint: root datasets listed in ``layer_names``, lazily."""
+    """A shard of transformers' sharded TF checkpoint: root datasets listed in ``layer_names``, as Lazy, lazily."""
     def walk(f):
         for name in _attr_list(f, "layer_names", path):
-            if name not in f or not hasattr(f[name], "shape"):
-                raise CheckpointError(f"{path}: weight {name!r} is listed but absent")
-            yield name, np.asarray(f[name])
+            yield name, _dataset(f, name, path)
 
     return _weights(path, walk)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
-from ..checkpoint import CheckpointError, from_format
+from ..checkpoint import CheckpointError, Lazy, from_format
 from . import pt_layout
 
 FORMAT = "safetensors"
@@ -23,15 +23,41 @@ def find(folder: Path) -> Path | None:
     return pt_layout.find(folder, FILENAMES)
 
 
+# safetensors' dtype names -> numpy; names absent here (F8_*, ...) stay strings and fail from_format's float check.
+_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": "bfloat16", "I8": np.int8,
+           "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+           "U64": np.uint64, "BOOL": np.bool_}
+
+
+def _dtype(name: str):
+    if name == "BF16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_DTYPES[name]) if name in _DTYPES else name
+
+
 def _read_file(path: Path):
+    """Each tensor as a Lazy (shape and dtype from the header; the data read only when from_format asks)."""
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise FileNotFoundError(f"no file {str(path)!r}")
+
+    def lazy(f, name):
+        def load():
+            try:
+                return f.get_tensor(name)
+            except (SafetensorError, OSError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{path}: tensor {name!r} cannot be read ({e})") from None
+
+        info = f.get_slice(name)
+        return Lazy(info.get_shape(), _dtype(info.get_dtype()), load)
+
     try:
         with safe_open(str(path), framework="numpy") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, lazy(f, name)
     except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
