@@ -18,6 +18,18 @@ def mask_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
+def scores_dtype(dtype: torch.dtype, upcast: bool, device_type: str) -> torch.dtype:
+    """The dtype the attention scores are computed in, which is the dtype masks must be built in: fp32 under
+    reorder_and_upcast_attn, the autocast dtype under autocast, else the activations' ``dtype``. A mask built in
+    fp16 (-65504) and added to fp32 scores of 1e5 does not mask (common/numerics.py, MASK_VALUE_POLICY); one built
+    in fp32 and cast to fp16 becomes -inf and NaNs a fully masked row."""
+    if upcast:
+        return torch.float32
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
 def eager_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
     """softmax(q k^T * scale + mask) v, explicitly; returns (y, probabilities). Shapes (B, nh, T|S, hs)."""
     T, S = q.shape[-2], k.shape[-2]
@@ -41,9 +53,12 @@ def eager_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float
 def sdpa_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float, upcast: bool):
     """torch's scaled_dot_product_attention with GPT-2's scale; returns y (B, nh, T, hs)."""
     dtype = v.dtype
-    if upcast:
-        q, k, v = q.float(), k.float(), v.float()
-        mask = mask.float() if mask is not None else None
+    if upcast:  # fp32 whatever autocast would pick (as eager_attention): the model's mask is built in fp32
+        with torch.autocast(q.device.type, enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                               attn_mask=mask.float() if mask is not None else None,
+                                               dropout_p=dropout, is_causal=is_causal and mask is None, scale=scale)
+        return y.to(dtype)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                        is_causal=is_causal and mask is None, scale=scale)
     return y.to(dtype)

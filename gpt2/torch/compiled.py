@@ -20,7 +20,7 @@ import weakref
 
 import torch
 
-from .attention import mask_value, sdpa_attention
+from .attention import mask_value, scores_dtype, sdpa_attention
 from .cache import KVCache
 
 COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
@@ -86,7 +86,8 @@ class FixedStep:
         self.ids = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.positions = torch.zeros(B, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.mask = torch.empty((B, 1, 1, L), dtype=model.dtype, device=device)  # (B, 1, 1, L), set by start()
+        dtype = scores_dtype(model.dtype, model.config.reorder_and_upcast_attn, device.type)  # what it is added to
+        self.mask = torch.empty((B, 1, 1, L), dtype=dtype, device=device)  # (B, 1, 1, L), set by start()
         self.graph = self.logits = None
         self.busy = threading.Lock()
         if how == "compile":

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..common.outputs import BaseModelOutputWithPastAndCrossAttentions
-from .attention import eager_attention, flash_attention, mask_value, sdpa_attention
+from .attention import eager_attention, flash_attention, mask_value, scores_dtype, sdpa_attention
 from .cache import KVCache
 from .weights import GPT2PreTrainedModel
 
@@ -185,11 +185,13 @@ class GPT2Model(GPT2PreTrainedModel):
             x = x + self.wte(token_type_ids.view(-1, T))
         x = self.drop(x)
 
-        mask, is_causal, padding_mask = self._self_attention_mask(attention_mask, B, T, past, x.dtype, device)
+        # masks in the dtype the scores are added in (fp32 under reorder_and_upcast_attn), never the activations'
+        dtype = scores_dtype(x.dtype, config.reorder_and_upcast_attn, device.type)
+        mask, is_causal, padding_mask = self._self_attention_mask(attention_mask, B, T, past, dtype, device)
         encoder_mask = encoder_padding_mask = None
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_padding_mask = encoder_attention_mask.view(encoder_hidden_states.shape[0], -1)
-            encoder_mask = (1.0 - encoder_padding_mask[:, None, None, :].to(x.dtype)) * mask_value(x.dtype)
+            encoder_mask = (1.0 - encoder_padding_mask[:, None, None, :].to(dtype)) * mask_value(dtype)
         head_masks = self._head_masks(head_mask, x.dtype)
 
         hidden_states = () if output_hidden_states else None
@@ -258,7 +260,8 @@ class GPT2Model(GPT2PreTrainedModel):
         """(additive mask or None, is_causal, 2-D padding mask or None) for the self-attention of this step."""
         S = past + T
         if attention_mask is not None and attention_mask.dim() == 4:  # a ready additive mask, as transformers
-            return attention_mask.to(dtype), False, None
+            # narrowed (an fp32 mask for fp16 scores) its minimum would become -inf: keep it finite (numerics.py)
+            return attention_mask.to(dtype).clamp(min=mask_value(dtype)), False, None
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
         if attention_mask is None and (T == 1 or past == 0):
