@@ -5,10 +5,17 @@ Each framework's model reads these instead of choosing its own, so the three imp
 
 from __future__ import annotations
 
+import numpy as np
+
 # Additive mask value for masked attention scores. Finite on purpose: with -inf a fully masked row (a left-padding
 # query, or a query that sees only padding) softmaxes to NaN, which then leaks into every later layer through the
 # residual stream. transformers uses torch.finfo(dtype).min for the same reason; a per-dtype minimum is chosen by
 # each framework from this policy.
+#
+# "The dtype" is the dtype of the SCORES the mask is added to, not of the activations: under
+# reorder_and_upcast_attn the scores are fp32, and fp16's minimum (-65504) is then an ordinary number next to
+# scores of 1e5, so a future token would leak into earlier positions. Padding keys get half the value, so that a
+# padding query (all its visible keys padding) still ranks its padding keys above the future ones and stays causal.
 MASK_VALUE_POLICY = "dtype_min"
 
 # GPT-2 was trained with the tanh approximation of GELU (OpenAI gpt-2/src/model.py: 0.5*x*(1+tanh(sqrt(2/pi)*(x +
@@ -34,3 +41,49 @@ ACTIVATIONS = {
 # LayerNorm epsilon comes from config.layer_norm_epsilon (1e-5 for every GPT-2 checkpoint). Framework defaults
 # differ (torch 1e-5, Flax 1e-6, Keras 1e-3), so each framework passes the config value explicitly.
 DEFAULT_LAYER_NORM_EPSILON = 1e-5
+
+
+def _finfo(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":  # numpy's finfo does not know ml_dtypes' bfloat16
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
+def attention_bias(T: int, past: int = 0, attention_mask=None, dtype="float32") -> np.ndarray:
+    """The numpy reference of the self-attention mask every framework builds: (B or 1, 1, T, past + T), added to the
+    scores (computed in ``dtype``). Query i (at position past + i) sees keys j <= past + i: those get 0, later keys
+    the dtype's most negative finite value, and visible keys that are padding (``attention_mask`` (B, past + T) of
+    1/0) half of it."""
+    S = past + T
+    low = _finfo(dtype).min
+    causal = np.tril(np.ones((T, S), dtype=bool), past)  # (T, S)
+    bias = np.where(causal, 0.0, low)[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        padding = ~np.asarray(attention_mask).astype(bool)[:, None, None, :]  # (B, 1, 1, S)
+        bias = np.where(padding & causal, low / 2, bias)  # (B, 1, T, S)
+    return bias.astype(dtype)
+
+
+def cast_overflow_error(name: str, max_abs: float, source, target) -> ValueError:
+    """The one message for weights a dtype cast turns into inf (numpy in convert, torch in from_pretrained)."""
+    return ValueError(f"tensor {name!r} has values beyond {target}'s range (max |x| = {max_abs:.6g}, {target} holds "
+                      f"up to {float(_finfo(target).max):.6g}): the cast from {source} to {target} makes them inf; "
+                      f"keep {source} (or use bfloat16, which has float32's range)")
+
+
+def cast_checked(name: str, array: np.ndarray, dtype) -> tuple[np.ndarray, int]:
+    """``array`` cast to ``dtype``, refusing values the cast makes inf (a ValueError, cast_overflow_error); returns
+    (cast array, how many nonzero values the cast rounded to zero). float16 overflows from |x| >= 65520 (its max
+    65504 plus half a unit in the last place, IEEE 754 round to nearest) and flushes |x| < 2**-25 to zero."""
+    dtype = np.dtype(dtype)
+    if array.dtype == dtype:
+        return array, 0
+    out = array.astype(dtype)
+    finite = np.isfinite(out)
+    if not finite.all() and np.isfinite(array).all():
+        raise cast_overflow_error(name, float(np.abs(array.astype(np.float64)).max()), array.dtype.name, dtype.name)
+    underflow = int(np.count_nonzero((out == 0) & (array != 0)))
+    return out, underflow
