@@ -61,7 +61,7 @@ def read_vocab(
     try:
         with open(vocab_path, encoding="utf-8") as f:
             encoder = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested ~1000 deep
         raise ValueError(f"{vocab_path}: not a JSON file ({e})") from e
 
     def merge_lines():

@@ -74,6 +74,14 @@ ATTRIBUTE_MAP = {
 }
 
 _KEY_ALIASES = {"torch_dtype": "dtype"}  # transformers < 4.56 wrote torch_dtype
+# Upper bounds on the sizes, so that a 1 KB config.json cannot make the process allocate gigabytes before a single
+# weight is read (label dicts, tensor tables, the byte budgets the checkpoint readers derive from the config). Each
+# is far past any GPT-2 (XL: 48 layers, 1600 wide, 25 heads, 50257 tokens, 1024 positions) and past the largest
+# published decoder models (~128 layers, ~25k wide, ~256k tokens, ~1M positions). Labels: id2label and label2id cost
+# about 300 bytes a label (two dict entries, a "LABEL_i" string), so 65536 labels is ~20 MB; token classification
+# uses tens of labels, and even extreme multi-label sets rarely reach this.
+LIMITS = {"vocab_size": 2**22, "n_positions": 2**20, "n_embd": 2**16, "n_layer": 2**10, "n_head": 2**12,
+          "n_inner": 2**18, "num_labels": 2**16}
 _SUMMARY_TYPES = ("last", "first", "mean", "cls_index", "attn")
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 _GPT2_TEXT_GEN = {"text-generation": {"do_sample": True, "max_length": 50}}
@@ -92,6 +100,12 @@ for _name, _preset in PRESETS.items():
     _preset.update(architectures=["GPT2LMHeadModel"], task_specific_params=_GPT2_TEXT_GEN)
 PRESETS.update({f"openai-community/{k}": v for k, v in list(PRESETS.items()) if k != "distilgpt2"})
 PRESETS["distilbert/distilgpt2"] = PRESETS["distilgpt2"]
+
+
+def _check_limit(name: str, value) -> None:
+    if isinstance(value, int) and value > LIMITS[name]:
+        raise ValueError(f"GPT2Config: {name}={value} is past the limit of {LIMITS[name]} "
+                         f"(a bound that keeps a small config file from allocating gigabytes)")
 
 
 class GPT2Config:
@@ -144,9 +158,12 @@ class GPT2Config:
 
     # -- labels -----------------------------------------------------------------------------------------------------
     def _set_labels(self, num_labels, id2label, label2id) -> None:
+        if label2id is not None and not isinstance(label2id, dict):
+            raise ValueError(f"GPT2Config: label2id must be a dict, got {type(label2id).__name__}")
         if id2label is not None:
             if not isinstance(id2label, dict):
                 raise ValueError(f"GPT2Config: id2label must be a dict, got {type(id2label).__name__}")
+            _check_limit("num_labels", len(id2label))
             id2label = {int(k): str(v) for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(id2label):
                 raise ValueError(f"GPT2Config: num_labels={num_labels} but id2label has {len(id2label)} entries")
@@ -155,6 +172,9 @@ class GPT2Config:
                 num_labels = len(label2id) if label2id is not None else 2
             if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
                 raise ValueError(f"GPT2Config: num_labels must be a non-negative integer, got {num_labels!r}")
+            _check_limit("num_labels", num_labels)
+            if label2id is not None:
+                _check_limit("num_labels", len(label2id))
             id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
             if label2id is not None:
                 id2label = {int(i): str(label) for label, i in label2id.items()}
@@ -200,6 +220,8 @@ class GPT2Config:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             positive_int(name)
         positive_int("n_inner", allow_none=True)
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"):
+            _check_limit(name, getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
@@ -326,6 +348,11 @@ class GPT2Config:
         folder = hub.local_folder(name)
         if folder is not None and (folder / "hparams.json").is_file():
             return cls.from_openai_hparams(folder / "hparams.json")
+        if folder is not None and any(folder.glob("*.index")):  # OpenAI's checkpoint: its config is hparams.json
+            raise FileNotFoundError(
+                f"no hparams.json (nor config.json) in {str(folder)!r}: an OpenAI checkpoint (model.ckpt.*) needs the "
+                f"hparams.json that came with it (n_vocab, n_ctx, n_embd, n_head, n_layer)"
+            )
         if folder is None and str(name) in PRESETS:
             return cls.from_dict(copy.deepcopy(PRESETS[str(name)]))
         if not local_files_only:
@@ -341,11 +368,11 @@ class GPT2Config:
     def from_openai_hparams(cls, path: str | os.PathLike, **overrides: Any) -> "GPT2Config":
         """The config of an OpenAI gpt-2 checkpoint, from its hparams.json (n_vocab, n_ctx, n_embd, n_head, n_layer)."""
         path = Path(path)
+        h = files.read_json(path, "OpenAI hparams.json")
         try:
-            h = json.loads(path.read_text(encoding="utf-8"))
             fields = dict(vocab_size=h["n_vocab"], n_positions=h["n_ctx"], n_embd=h["n_embd"], n_head=h["n_head"],
                           n_layer=h["n_layer"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: not an OpenAI hparams.json ({type(e).__name__}: {e})") from None
         try:
             return cls(**{**fields, "architectures": ["GPT2LMHeadModel"], **overrides})

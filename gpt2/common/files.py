@@ -149,18 +149,46 @@ def atomic_path(path: str | os.PathLike, errors: tuple[type[BaseException], ...]
         raise write_error(path, e) from e
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file"):
-    """Parse a JSON file; FileNotFoundError / ValueError naming the file (and ``what`` it should have been)."""
+MAX_JSON_DEPTH = 64  # config, index, hparams, vocab and tokenizer files nest 3 or 4 levels; tokenizer.json ~6
+
+
+def _depth_at_most(data, limit: int) -> bool:
+    """Whether ``data`` nests at most ``limit`` containers deep (iterative: a hostile depth cannot recurse)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", expect: type | None = dict):
+    """Parse a JSON file; FileNotFoundError / ValueError naming the file (and ``what`` it should have been).
+
+    ``expect``: the type the top level must be (a dict unless told otherwise). Nesting deeper than
+    ``MAX_JSON_DEPTH`` is refused: json itself raises a bare RecursionError near 1000 levels, and anything that
+    later walks the data recursively (deepcopy, ==, repr) would do so far sooner.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {str(path)!r}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        deep = not _depth_at_most(data, MAX_JSON_DEPTH)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a valid {what} ({e})") from None
 
 
 def from_json_file(cls, path: str | os.PathLike, what: str, overrides: dict):
+    except RecursionError:  # deeper than the interpreter's stack
+        deep = True
+    if deep:
+        raise ValueError(f"{path}: not a valid {what} (nested more than {MAX_JSON_DEPTH} levels deep)")
+    if expect is not None and not isinstance(data, expect):
+        raise ValueError(f"{path}: not a valid {what} (a JSON {type(data).__name__}, expected a {expect.__name__})")
+    return data
     """``cls.from_dict(<the file>, **overrides)``, with any error naming the file."""
     data = read_json(path, what)
     try:

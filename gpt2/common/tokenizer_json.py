@@ -25,7 +25,7 @@ def read_tokenizer_json(path: str | os.PathLike) -> tuple[dict[str, int], list[t
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested ~1000 deep
         raise ValueError(f"{path}: not a JSON file ({e})") from e
     model = data.get("model") if isinstance(data, dict) else None
     model = model if isinstance(model, dict) else {}

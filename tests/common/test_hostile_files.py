@@ -15,7 +15,7 @@ from conftest import TINY, has
 from gpt2.common import checkpoint as ckpt
 from gpt2.common import files
 from gpt2.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gpt2.common.config import GPT2Config
+from gpt2.common.config import LIMITS, GPT2Config
 from gpt2.demo import random_state
 
 FORMATS = [f for f in ckpt.WRITABLE_FORMATS if f != "pytorch" or has("torch")]
@@ -436,3 +436,106 @@ def test_msgpack_nested_deeply_is_named(depth, tmp_path):
     (tmp_path / "flax_model.msgpack").write_bytes(b"\x81\xa1a" * depth + b"\x80")  # {"a": {"a": ... {}}}
     with pytest.raises(CheckpointError, match="flax_model.msgpack: maps nested too deeply"):
         load_checkpoint(tmp_path)
+
+
+def _deep_json(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [100, 5000])  # past our limit, and past the interpreter's stack
+def test_config_json_nested_deeply_is_named(depth, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "extra": ' + _deep_json(depth) + "}")
+    with pytest.raises(ValueError, match=r"config.json: not a valid JSON config file \(nested more than 64"):
+        GPT2Config.from_pretrained(tmp_path)
+
+
+def test_json_of_the_wrong_shape_is_named(tmp_path):
+    (tmp_path / "special_tokens_map.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"special_tokens_map.json: not a valid JSON file \(a JSON list, expected a dict"):
+        files.read_json(tmp_path / "special_tokens_map.json")
+    assert files.read_json(tmp_path / "special_tokens_map.json", expect=list) == [1, 2]
+
+
+def test_shard_index_nested_deeply_is_named(tmp_path):
+    config = GPT2Config(**TINY)
+    save_checkpoint(random_state(config), tmp_path, config, max_shard_size="1KB")
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {}, "metadata": ' + _deep_json(5000) + "}")
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json: not a valid shard index.*nested"):
+        load_checkpoint(tmp_path)
+
+
+def test_hparams_json_nested_deeply_is_named(tmp_path):
+    (tmp_path / "hparams.json").write_text(_deep_json(5000))
+    with pytest.raises(ValueError, match="hparams.json: not a valid OpenAI hparams.json.*nested"):
+        GPT2Config.from_openai_hparams(tmp_path / "hparams.json")
+
+
+def test_tokenizer_files_nested_deeply_are_named(tmp_path):
+    from gpt2 import GPT2Tokenizer
+    from gpt2.common.bpe import read_vocab
+    from gpt2.common.tokenizer import PACKAGED_VOCAB
+    from gpt2.common.tokenizer_json import read_tokenizer_json
+
+    (tmp_path / "vocab.json").write_text(_deep_json(5000))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(ValueError, match="vocab.json: not a JSON file"):
+        read_vocab(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "tokenizer.json").write_text(_deep_json(5000))
+    with pytest.raises(ValueError, match="tokenizer.json: not a JSON file"):
+        read_tokenizer_json(tmp_path / "tokenizer.json")
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).write_bytes((PACKAGED_VOCAB / name).read_bytes())
+    (folder / "tokenizer_config.json").write_text(_deep_json(5000))
+    with pytest.raises(ValueError, match="tokenizer_config.json: not a valid JSON file.*nested"):
+        GPT2Tokenizer.from_pretrained(folder)
+
+
+# -- config sizes are bounded before anything is built ---------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [
+    ("num_labels", 100_000_000), ("vocab_size", 2**40), ("n_positions", 2**30), ("n_embd", 2**20),
+    ("n_layer", 10**6), ("n_inner", 2**40),
+])
+def test_config_sizes_are_bounded(field, value, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", field: value}))
+    limit = LIMITS[field]
+    with pytest.raises(ValueError, match=f"config.json: GPT2Config: {field}={value} is past the limit of {limit}"):
+        GPT2Config.from_pretrained(tmp_path)
+
+
+def test_label_dicts_are_bounded():
+    labels = {str(i): f"L{i}" for i in range(2**16 + 1)}
+    with pytest.raises(ValueError, match="num_labels=65537 is past the limit of 65536"):
+        GPT2Config(id2label=labels)
+    with pytest.raises(ValueError, match="num_labels=65537 is past the limit"):
+        GPT2Config(label2id={v: int(k) for k, v in labels.items()})
+    assert GPT2Config(num_labels=2**16).num_labels == 2**16
+    assert GPT2Config.from_pretrained("gpt2-xl").n_layer == 48  # real models are far inside the limits
+
+
+# -- 6. messages -----------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not has("torch"), reason="PyTorch is not installed")
+def test_pickle_refusal_never_suggests_unsafe_loading(tmp_path):
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    GPT2Config(**TINY).save_pretrained(tmp_path)
+    torch.save({"transformer.wte.weight": Evil()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path)
+    message = str(e.value)
+    assert "objects other than tensors (print)" in message and "refused" in message
+    assert "weights_only" not in message and "trust" not in message
+
+
+def test_openai_folder_without_hparams_names_hparams_json(tmp_path):
+    (tmp_path / "model.ckpt.index").write_bytes(b"")
+    (tmp_path / "model.ckpt.data-00000-of-00001").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no hparams.json .*model.ckpt"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no hparams.json"):
+        GPT2Config.from_pretrained(tmp_path)

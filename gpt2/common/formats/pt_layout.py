@@ -45,7 +45,7 @@ def find(folder: Path, filenames: tuple[str, ...]) -> Path | None:
 def shard_files(index_path: Path) -> dict[str, str]:
     """The weight_map of a sharded checkpoint's index (tensor -> shard file name), validated."""
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = files.read_json(index_path, "shard index")  # bounded nesting, a dict
         weight_map = index["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not a dict of file names")
