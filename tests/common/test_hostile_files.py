@@ -539,3 +539,28 @@ def test_openai_folder_without_hparams_names_hparams_json(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="no hparams.json"):
         GPT2Config.from_pretrained(tmp_path)
+
+
+def test_openai_bundle_reads_only_what_the_config_uses(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from gpt2.common.formats import openai_tf
+
+    rng = np.random.default_rng(0)
+    C, V, T = 8, 11, 6
+    arrays = {"model/wte": rng.standard_normal((V, C)).astype(np.float32),
+              "model/wpe": rng.standard_normal((T, C)).astype(np.float32),
+              "model/ln_f/g": np.ones(C, np.float32), "model/ln_f/b": np.zeros(C, np.float32),
+              "model/wte/Adam": rng.standard_normal((V, C)).astype(np.float32)}  # an optimizer slot: never read
+    names = sorted(arrays)
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "model.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(arrays[n]) for n in names])
+    (tmp_path / "hparams.json").write_text(json.dumps({"n_vocab": V, "n_ctx": T, "n_embd": C, "n_head": 2,
+                                                       "n_layer": 1}))
+    entry = openai_tf._proto(openai_tf._table(tmp_path / "model.ckpt.index")[b"model/wte/Adam"], "x")
+    data = tmp_path / "model.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[entry[4][-1]] ^= 0xFF  # the slot's bytes are damaged: only reading them would notice
+    data.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path)
+    assert "does not have: 'model/wte/Adam'" in str(e.value) and "checksum" not in str(e.value)

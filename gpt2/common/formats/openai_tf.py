@@ -33,7 +33,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..checkpoint import CheckpointError, from_format
+from ..checkpoint import CheckpointError, Lazy, from_format
 
 FORMAT = "openai"
 FILENAMES = ("model.ckpt.index",)  # the name OpenAI's download uses; find() accepts any prefix
@@ -271,7 +271,8 @@ def _strings(raw: bytes, count: int, where: str) -> tuple[np.ndarray, bytes]:
     return out, covered
 
 
-def _read_entry(value: bytes, name: str, index: Path, shards: list[tuple[Path, object, int]]) -> np.ndarray:
+def _entry(value: bytes, name: str, index: Path, shards: list[tuple[Path, object, int]]) -> Lazy:
+    """A tensor's entry, checked against its data file, as a Lazy: nothing is read until ``load()``."""
     where = f"{index}: tensor {name!r}"
     fields = _proto(value, where)
     if fields.get(7):
@@ -291,24 +292,30 @@ def _read_entry(value: bytes, name: str, index: Path, shards: list[tuple[Path, o
     count = math.prod(shape)
     if code != _STRING and size != count * dtype.itemsize:
         raise BundleError(f"{where}: {size} bytes for shape {shape} of {dtype} ({count * dtype.itemsize} expected)")
-    data = np.empty(size, np.uint8)  # owned and writable; C order as written
-    file.seek(offset)
-    if file.readinto(data) != size:
-        raise BundleError(f"{where}: short read")
-    if code == _STRING:
-        array, covered = _strings(data.tobytes(), count, where)
-    else:
-        array, covered = data.view(dtype), data
-    if _crc32c(covered) != _unmask(_field(fields, 6, int, where)):
-        raise BundleError(f"{where}: checksum mismatch (corrupt data file)")
-    return array.reshape(shape)
+
+    def load() -> np.ndarray:
+        data = np.empty(size, np.uint8)  # owned and writable; C order as written
+        file.seek(offset)
+        if file.readinto(data) != size:
+            raise BundleError(f"{where}: short read")
+        if code == _STRING:
+            array, covered = _strings(data.tobytes(), count, where)
+        else:
+            array, covered = data.view(dtype), data
+        if _crc32c(covered) != _unmask(_field(fields, 6, int, where)):
+            raise BundleError(f"{where}: checksum mismatch (corrupt data file)")
+        return array.reshape(shape)
+
+    return Lazy(shape, dtype, load)
 
 
-def read_bundle(prefix) -> dict[str, np.ndarray]:
-    """Every tensor of the bundle at ``prefix`` (``.../model.ckpt``): TF name -> array, TF's dtype and shape.
+def iter_bundle(prefix):
+    """Each tensor of the bundle at ``prefix`` as (TF name, Lazy), lazily: every entry is checked against its data
+    file (bounds, size for its shape and dtype) as it comes, its bytes read (and checksummed) only by ``load()``, so
+    a reader can refuse a tensor it has no use for (an optimizer slot, a wrong shape) without reading it.
 
     FileNotFoundError for a missing index or data file; BundleError (naming the file and tensor) for anything
-    truncated, corrupt or unsupported. All checksums are verified.
+    truncated, corrupt or unsupported.
     """
     index = Path(f"{prefix}.index")
     if not index.is_file():
@@ -330,17 +337,24 @@ def read_bundle(prefix) -> dict[str, np.ndarray]:
                 raise FileNotFoundError(errno.ENOENT, "no TensorFlow bundle data file", str(path))
             file = open(path, "rb")
             shards.append((path, file, os.fstat(file.fileno()).st_size))
-        arrays = {}
         for key, value in table.items():
             try:
                 name = key.decode("utf-8")
             except UnicodeDecodeError:
                 raise BundleError(f"{index}: tensor name {key!r} is not UTF-8") from None
-            arrays[name] = _read_entry(value, name, index, shards)
-        return arrays
+            yield name, _entry(value, name, index, shards)
     finally:
         for _, file, _ in shards:
             file.close()
+
+
+def read_bundle(prefix) -> dict[str, np.ndarray]:
+    """Every tensor of the bundle at ``prefix`` (``.../model.ckpt``): TF name -> array, TF's dtype and shape.
+
+    FileNotFoundError for a missing index or data file; BundleError (naming the file and tensor) for anything
+    truncated, corrupt or unsupported. All checksums are verified.
+    """
+    return {name: lazy.load() for name, lazy in iter_bundle(prefix)}
 
 
 # -- the table of names ----------------------------------------------------------------------------------------------
@@ -375,5 +389,5 @@ def find(folder: Path) -> Path | None:
 
 
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
-    raw = read_bundle(Path(str(main)[: -len(".index")]))
-    return from_format(raw.items(), key_of, config, str(main), progress=progress)
+    raw = iter_bundle(Path(str(main)[: -len(".index")]))
+    return from_format(raw, key_of, config, str(main), progress=progress)
