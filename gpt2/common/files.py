@@ -116,8 +116,11 @@ def write_error(path: str | os.PathLike, error: BaseException) -> OSError:
 def _staged(path: Path, errors: tuple[type[BaseException], ...]) -> Iterator[Path]:
     """A temporary file for ``path``: written by the caller, then synced and given its final mode. On error it is
     removed, and an OSError or one of ``errors`` becomes an OSError naming ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp(path)
+    except OSError as e:  # a full disk (no inode left), a read-only folder
+        raise write_error(path, e) from e
     try:
         yield tmp
         with open(tmp, "rb") as f:  # on disk before the rename, so a crash never leaves a renamed empty file
@@ -179,9 +182,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", expect: type | N
         deep = not _depth_at_most(data, MAX_JSON_DEPTH)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a valid {what} ({e})") from None
-
-
-def from_json_file(cls, path: str | os.PathLike, what: str, overrides: dict):
     except RecursionError:  # deeper than the interpreter's stack
         deep = True
     if deep:
@@ -189,6 +189,9 @@ def from_json_file(cls, path: str | os.PathLike, what: str, overrides: dict):
     if expect is not None and not isinstance(data, expect):
         raise ValueError(f"{path}: not a valid {what} (a JSON {type(data).__name__}, expected a {expect.__name__})")
     return data
+
+
+def from_json_file(cls, path: str | os.PathLike, what: str, overrides: dict):
     """``cls.from_dict(<the file>, **overrides)``, with any error naming the file."""
     data = read_json(path, what)
     try:
