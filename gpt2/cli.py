@@ -1,11 +1,14 @@
 """The ``gpt2`` command: ``gpt2 convert SRC DST --to FORMAT``, ``gpt2 demo``.
 
-Exit code 0 on success; on failure one line ``gpt2: error: ...`` on stderr and a non-zero code.
+Exit code 0 on success; on failure one line ``gpt2: error: ...`` on stderr and a non-zero code. The exit code is
+the work's: the report on stdout is written best-effort, so ``gpt2 convert ... | head -0`` (a closed pipe) still
+exits 0 when every file was written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -31,8 +34,16 @@ class ProgressBar:
         frac = min(done / total, 1.0) if total else 1.0
         bar = "#" * int(frac * self.width)
         end = "\n" if done >= total else ""
-        self.stream.write(f"\r{phase:<28} [{bar:<{self.width}}] {done / 2**20:8.1f}/{total / 2**20:.1f} MiB{end}")
-        self.stream.flush()
+        try:
+            self.stream.write(f"\r{phase:<28} [{bar:<{self.width}}] {done / 2**20:8.1f}/{total / 2**20:.1f} MiB{end}")
+            self.stream.flush()
+        except OSError:  # the terminal went away: the conversion goes on without a bar
+            self.width, self.stream = 0, _NoTerminal()
+
+
+class _NoTerminal:
+    def isatty(self) -> bool:
+        return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,10 +80,38 @@ def _convert(args) -> int:
                       local_files_only=args.local_files_only, progress=ProgressBar())
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in written)
-    print(f"wrote {len(written)} files ({size / 2**20:.1f} MiB) to {args.dst} in {elapsed:.2f}s:")
-    for path in written:
-        print(f"  {path.name}")
+    _report([f"wrote {len(written)} files ({size / 2**20:.1f} MiB) to {args.dst} in {elapsed:.2f}s:",
+             *(f"  {path.name}" for path in written)])
     return 0
+
+
+def _report(lines: list[str]) -> None:
+    """Print to stdout best-effort: the files are written whether or not anyone reads the report."""
+    stream = sys.stdout
+    if stream is None:  # started with stdout closed (`gpt2 ... >&-`)
+        return
+    try:
+        stream.write("".join(line + "\n" for line in lines))
+        stream.flush()
+    except OSError:  # BrokenPipeError (the reader left), EBADF, ENOSPC ...
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so that the interpreter's flush at exit neither fails again (printing "Exception
+    ignored ... BrokenPipeError" and exiting 120) nor changes our exit code (Python docs, signal module: "Note on
+    SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind it (a test's StringIO, closed file)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- lives until exit, as stdout does
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__  # multi-line library messages as one line
+    return f"gpt2: error: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +122,24 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args.model, args.prompt)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
-        print(f"gpt2: error: {e}", file=sys.stderr)
+    except MemoryError:
+        _error("gpt2: error: out of memory (the checkpoint does not fit; try a machine with more memory)")
+        return 1
+    except RecursionError as e:  # a file nested deeper than Python recurses (json, pickle): bad input, not a bug
+        _error(f"gpt2: error: input nested too deeply to read ({e})")
+        return 1
+    except (ValueError, TypeError, ImportError, OSError) as e:  # OSError: FileNotFoundError, ConnectionError, ...
+        if isinstance(e, BrokenPipeError):  # the demo's reader left: no second failure at exit
+            _silence_stdout()
+        _error(_one_line(e))
         return 1
     except KeyboardInterrupt:
-        print("gpt2: interrupted", file=sys.stderr)
+        _error("gpt2: interrupted")
         return 130
+
+
+def _error(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, AttributeError, ValueError):  # stderr closed too: the exit code still tells
+        pass

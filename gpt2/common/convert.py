@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from . import files, hub
 from .checkpoint import WRITABLE_FORMATS, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .numerics import cast_checked
 
 # Files copied beside the weights when the source has them (the tokenizer and generation settings).
 SIDE_FILES = (
@@ -48,6 +50,10 @@ def convert(
         raise ValueError(f"--to must be one of {', '.join(WRITABLE_FORMATS)}, got {to!r}")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    for what, value in (("source", src), ("destination", dst)):
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+            # Path("") is ".": an empty destination would write into the current folder, an empty source read it
+            raise ValueError(f"the {what} must be a folder, file or model name, got {value!r}")
     fmt, main = resolve_checkpoint(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
@@ -70,7 +76,13 @@ def convert(
         import ml_dtypes
 
         target = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-        state = {name: array.astype(target) for name, array in state.items()}
+        underflow = 0
+        for name in state:  # one tensor at a time: a refused cast leaves nothing written
+            state[name], lost = cast_checked(name, state[name], target)
+            underflow += lost
+        if underflow:
+            warnings.warn(f"casting to {dtype}: {underflow} nonzero weights are too small for {dtype} and became "
+                          f"0", stacklevel=2)
         config.dtype = dtype
     total = sum(a.nbytes for a in state.values())
     written = save_checkpoint(state, dst, config, format=to, max_shard_size=max_shard_size,

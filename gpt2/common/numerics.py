@@ -81,7 +81,8 @@ def cast_checked(name: str, array: np.ndarray, dtype) -> tuple[np.ndarray, int]:
     dtype = np.dtype(dtype)
     if array.dtype == dtype:
         return array, 0
-    out = array.astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is reported below, by name
+        out = array.astype(dtype)
     finite = np.isfinite(out)
     if not finite.all() and np.isfinite(array).all():
         raise cast_overflow_error(name, float(np.abs(array.astype(np.float64)).max()), array.dtype.name, dtype.name)

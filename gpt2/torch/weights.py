@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..common.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from ..common import hub
 from ..common.config import GPT2Config
+from ..common.numerics import cast_overflow_error
 
 _CONV = re.compile(r"\.h\.\d+\.(attn|crossattention|mlp)\.(c_attn|q_attn|c_proj|c_fc)\.weight$")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -29,6 +30,10 @@ def to_torch(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():  # read-only (memory-mapped) arrays are only read here
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -230,6 +235,10 @@ class GPT2PreTrainedModel(nn.Module):
                     raise ValueError(f"tensor {cname!r}: checkpoint shape {tuple(tensor.shape)}, model expects "
                                      f"{tuple(param.shape)}")
                 param.copy_(tensor)
+                if param.dtype != tensor.dtype and not bool(torch.isfinite(param).all()):
+                    # checkpoints are checked finite when read, so this is the cast (fp32 -> fp16 above 65504)
+                    raise cast_overflow_error(cname, float(tensor.abs().max()), _dtype_name(tensor.dtype),
+                                              _dtype_name(param.dtype))
                 used.add(cname)
         self.tie_weights()
         return missing, sorted(set(state) - used)
