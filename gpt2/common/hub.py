@@ -8,6 +8,7 @@ TRANSFORMERS_OFFLINE is set, a download into that cache. Environment variables a
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tempfile
@@ -73,7 +74,34 @@ def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir=None) -
     return snapshot if snapshot.is_dir() else None
 
 
+def offline_help(cache_dir=None) -> str:
+    """How to work without a network, for messages about a hub that cannot be reached."""
+    return (f"to work offline, give a local folder, or set HF_HUB_OFFLINE=1 (or pass local_files_only=True / "
+            f"--local-files-only) to use only what is in the Hugging Face cache {str(hub_cache_dir(cache_dir))!r}; "
+            f"a preset name such as 'gpt2' resolves its config offline, but its weights need one download")
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when the hub cannot be reached: LocalEntryNotFoundError (no answer and no cached
+    copy), OfflineModeIsEnabled (its own HF_HUB_OFFLINE, read when it was imported), and the HTTP client's
+    connection errors (requests before huggingface_hub 1.0, httpx since)."""
+    from huggingface_hub.utils import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    errors: list[type[BaseException]] = [LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError,
+                                         TimeoutError]
+    for module, names in (("requests", ("ConnectionError", "Timeout")), ("httpx", ("TransportError",))):
+        try:
+            imported = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(imported, name) for name in names if hasattr(imported, name)]
+    return tuple(errors)
+
+
 def _download(repo_id: str, filename: str, revision: str | None, cache_dir) -> Path | None:
+    """Download one file; None when the hub says it does not exist. A hub that cannot be reached is a
+    ConnectionError at once: the caller tries several file names, and each try would otherwise wait through
+    huggingface_hub's own retries and back-off (about 20 s) only to fail the same way."""
     try:
         import huggingface_hub
         from huggingface_hub.utils import EntryNotFoundError
@@ -81,6 +109,13 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir) -> P
         return None
     try:
         path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
+    except _connection_errors() as e:
+        # LocalEntryNotFoundError (a subclass of EntryNotFoundError, so caught first): the hub did not answer and
+        # the cache has no copy. huggingface_hub's OfflineModeIsEnabled: its HF_HUB_OFFLINE, read at its import.
+        cause = e.__cause__ or e
+        raise ConnectionError(f"{repo_id!r} is not on disk and the Hugging Face hub could not be reached (looking "
+                              f"for {filename}: {type(cause).__name__}: {' '.join(str(cause).split())[:200]}); "
+                              f"{offline_help(cache_dir)}") from e
     except EntryNotFoundError:
         return None
     return Path(path)
