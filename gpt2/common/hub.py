@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import socket
 import tempfile
+from urllib.parse import urlparse
 from pathlib import Path
 
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -98,6 +100,28 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_host_unresolvable() -> str | None:
+    """Why the hub's host name cannot be resolved, or None when it can (or when a proxy resolves names for us).
+
+    Without a network the name lookup fails at once, while huggingface_hub's HEAD request would retry five times
+    with back-off (about 20 s and five lines of retry messages) before giving up: one lookup tells the same sooner.
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    host = urlparse(endpoint).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        return f"cannot resolve {host!r}: {e}"
+    return None
+
+
 def _download(repo_id: str, filename: str, revision: str | None, cache_dir) -> Path | None:
     """Download one file; None when the hub says it does not exist. A hub that cannot be reached is a
     ConnectionError at once: the caller tries several file names, and each try would otherwise wait through
@@ -107,6 +131,10 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir) -> P
         from huggingface_hub.utils import EntryNotFoundError
     except ImportError:
         return None
+    unresolved = hub_host_unresolvable()
+    if unresolved is not None:
+        raise ConnectionError(f"{repo_id!r} is not on disk and the Hugging Face hub could not be reached (looking "
+                              f"for {filename}: {unresolved}); {offline_help(cache_dir)}")
     try:
         path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)
     except _connection_errors() as e:

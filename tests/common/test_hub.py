@@ -99,6 +99,7 @@ def test_download_path_is_used_when_online(monkeypatch, tmp_path):
         return str(served / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(hub, "hub_host_unresolvable", lambda: None)  # as if online: the host name resolves
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     state, config = load_checkpoint("someone/model")

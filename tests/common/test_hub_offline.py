@@ -15,6 +15,8 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 requests = pytest.importorskip("requests")
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError  # noqa: E402
 
+host_unresolvable = hub.hub_host_unresolvable  # the real lookup (the fixture below replaces it)
+
 
 @pytest.fixture(autouse=True)
 def online(monkeypatch, tmp_path):
@@ -23,6 +25,8 @@ def online(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
+    # As if the hub's name resolved (it does not here): the download itself is what these tests exercise.
+    monkeypatch.setattr(hub, "hub_host_unresolvable", lambda: None)
 
 
 def fake_download(monkeypatch, error):
@@ -120,3 +124,30 @@ def test_through_huggingface_hub_itself(monkeypatch):
 
 def test_offline_help_names_the_cache(tmp_path):
     assert str(tmp_path / "cache") in hub.offline_help()
+
+
+def test_an_unresolvable_hub_fails_before_any_request(monkeypatch):
+    """No network (the host name does not resolve): the error comes at once, before huggingface_hub's retries."""
+    calls = fake_download(monkeypatch, AssertionError("huggingface_hub must not be called"))
+    monkeypatch.setattr(hub, "hub_host_unresolvable", lambda: "cannot resolve 'huggingface.co': no network")
+    with pytest.raises(ConnectionError, match="cannot resolve 'huggingface.co'.*HF_HUB_OFFLINE=1"):
+        resolve_checkpoint("someone/not-here")
+    assert calls == []
+
+
+def test_the_host_lookup(monkeypatch):
+    import socket
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    for var in hub._PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
+    assert "cannot resolve 'hub.example'" in host_unresolvable()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the proxy resolves names: no verdict here
+    assert host_unresolvable() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [("resolved",)])
+    assert host_unresolvable() is None
