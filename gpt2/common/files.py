@@ -106,10 +106,25 @@ def write_error(path: str | os.PathLike, error: BaseException) -> OSError:
             if os.statvfs(Path(path).parent).f_bavail == 0:
                 code = errno.ENOSPC
     reason = os.strerror(code) if code else (text.splitlines()[0][:300] if text else type(error).__name__)
+    detail = getattr(error, "strerror", None)
+    if code and detail and detail != reason and len(detail) < 100:  # a short detail of our own ("N bytes needed")
+        reason = f"{reason} ({detail})"
     out = type(OSError(code, "")) if code else OSError  # keeps the subclass: ENOENT -> FileNotFoundError
     err = out(f"could not write {path}: {reason}")
     err.errno = code
     return err
+
+
+def ensure_space(path: str | os.PathLike, nbytes: int) -> None:
+    """OSError (ENOSPC) naming ``path`` when its disk has less than ``nbytes`` free. For writers that cannot
+    report a full disk themselves (HDF5 fails while freeing objects, and h5py then crashes the process)."""
+    try:
+        disk = os.statvfs(Path(path).parent)
+    except OSError:  # no statvfs here: the writer will tell
+        return
+    free = disk.f_bavail * disk.f_frsize
+    if free < nbytes:  # named by the caller's write_error (the final file, not this temporary one)
+        raise OSError(errno.ENOSPC, f"{nbytes} bytes needed, {free} free")
 
 
 @contextlib.contextmanager

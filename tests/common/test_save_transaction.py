@@ -226,9 +226,9 @@ def test_full_disk_is_one_oserror_naming_the_file_and_changes_nothing(fmt, tmp_p
 
     monkeypatch.setattr(__import__(module, fromlist=[name]), name, fail)
     # torch.save's message says nothing of the cause: the free space of the disk does
-    monkeypatch.setattr(os, "statvfs", lambda path: type("S", (), {"f_bavail": 0})())
+    monkeypatch.setattr(os, "statvfs", lambda path: type("S", (), {"f_bavail": 0, "f_frsize": 4096})())
     with pytest.raises(OSError, match=rf"could not write {re.escape(str(tmp_path))}/(model|pytorch_model|tf_model)-00001-"
-                                      r"of-\d{5}(-[0-9a-f]{6})?\.(safetensors|bin|h5): No space left on device$") as e:
+                                      r"of-\d{5}(-[0-9a-f]{6})?\.(safetensors|bin|h5): No space left on device( \(.*\))?$") as e:
         save(tmp_path, NEW, NEW_CONFIG, fmt, True)
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
@@ -315,3 +315,15 @@ def test_transformers_loads_tagged_shards(tmp_path):
     got = {k: v.numpy() for k, v in model.state_dict().items() if k in NEW}
     assert same(got, NEW) and model.config.layer_norm_epsilon == NEW_CONFIG.layer_norm_epsilon
     assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+
+
+def test_tf_checks_free_space_first(tmp_path, monkeypatch):
+    """HDF5 meets a full disk while freeing objects, where h5py cannot raise and then crashes the process (seen on
+    a full tmpfs): the h5 writer checks the free space before it starts."""
+    save(tmp_path, OLD, OLD_CONFIG, "safetensors", False)
+    monkeypatch.setattr(os, "statvfs", lambda path: type("S", (), {"f_bavail": 10, "f_frsize": 4096})())
+    with pytest.raises(OSError, match=r"could not write .*/tf_model\.h5: No space left on device \(\d+ bytes needed, "
+                                      r"40960 free\)"):
+        save(tmp_path, NEW, NEW_CONFIG, "tf", False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]

@@ -216,6 +216,9 @@ def write(state, stage: files.FolderWrite, config, *, max_shard_size=None, progr
         weights[key] = array.astype(np.float32) if array.dtype.name == "bfloat16" else array  # HDF5: no bfloat16
 
     def write_file(part: dict[str, np.ndarray], target: Path) -> None:
+        # HDF5 meets a full disk while freeing objects, where h5py cannot raise (and then crashes): check first,
+        # with room for the metadata (names, attributes: a few KiB per tensor)
+        files.ensure_space(target, sum(a.nbytes for a in part.values()) + 4096 * (len(part) + 16))
         if part is weights:  # the whole state: one tf_model.h5 (a sharded save passes parts)
             _write_keras(part, target, model_name)
         else:
