@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 _BIG = 50 * 2**20  # show a progress bar from this many bytes on
 
@@ -76,12 +77,21 @@ def _convert(args) -> int:
     from .common.convert import convert
 
     start = time.perf_counter()
-    written = convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size, revision=args.revision,
-                      local_files_only=args.local_files_only, progress=ProgressBar())
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two-line warning format
+        warnings.simplefilter("always")
+        try:
+            written = convert(args.src, args.dst, to=args.to, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                              revision=args.revision, local_files_only=args.local_files_only, progress=ProgressBar())
+        finally:
+            for warning in caught:
+                _error(f"gpt2: warning: {' '.join(str(warning.message).split())}")
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in written)
+    removed = getattr(written, "removed", [])
     _report([f"wrote {len(written)} files ({size / 2**20:.1f} MiB) to {args.dst} in {elapsed:.2f}s:",
-             *(f"  {path.name}" for path in written)])
+             *(f"  {path.name}" for path in written),
+             *([f"removed {len(removed)} files of earlier saves:", *(f"  {p.name}" for p in removed)] if removed
+               else [])])
     return 0
 
 

@@ -97,3 +97,17 @@ def test_demo_generates_with_a_model_folder(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path), "--prompt", "Hello"]) == 0
     out = capsys.readouterr().out
     assert f"generating with {tmp_path}" in out and "Hello" in out and "tokens in" in out
+
+
+def test_converting_over_another_format_says_what_it_removed(tmp_path):
+    """A folder holds one model after a save: the earlier save's weights of another format are removed, and the
+    command says so on one line each (stderr) and in its report (stdout)."""
+    config = GPT2Config(**TINY)
+    save_checkpoint(random_state(config), tmp_path / "src", config)
+    save_checkpoint(random_state(config, seed=1), tmp_path / "dst", config, format="tf")
+    out = run("convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--to", "flax")
+    assert out.returncode == 0, out.stderr
+    assert "removed 1 files of earlier saves:\n  tf_model.h5" in out.stdout
+    warning_lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("gpt2: warning: ") and "tf_model.h5" in out.stderr
+    assert not (tmp_path / "dst" / "tf_model.h5").exists()
