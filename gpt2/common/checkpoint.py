@@ -18,6 +18,7 @@ import importlib
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -417,13 +418,15 @@ def save_checkpoint(
     write_config: bool = True,
     progress: Callable[[int], None] | None = None,
     architecture: str | None = None,
+    side_files: dict[str, Path] | None = None,
 ) -> "SavedFiles":
     """Write a canonical state (and config.json) to a folder in ``format``; returns the files written (a list, whose
     ``removed`` lists the files the save removed).
 
     The state is validated first. ``max_shard_size`` (bytes or "5GB") shards the safetensors, pytorch and tf
     formats as transformers does. ``architecture`` (a transformers class name) goes to config.json; by default it
-    is inferred from the heads present.
+    is inferred from the heads present. ``side_files`` ({name in the folder: source file}) are copied in by the same
+    transaction (the vocabulary and generation files that ``convert`` carries over).
 
     The save is one transaction (``files.FolderWrite``): every file is written under a temporary name first, so a
     failure while writing (a full disk) changes nothing; then the files are renamed into place, and the weights of
@@ -448,6 +451,13 @@ def save_checkpoint(
             config.validate()
             stage.write_text(save_directory / "config.json", config.to_json_string())
             written.append(save_directory / "config.json")
+        for name, source in (side_files or {}).items():
+            target = save_directory / name
+            if target.exists() and Path(source).resolve() == target.resolve():
+                continue  # converting in place: the file is already there
+            with stage.path(target) as tmp:
+                shutil.copyfile(source, tmp)
+            written.append(target)
         # One model per folder: a file of any writable format not written now is an earlier save's (OpenAI's files
         # stay: they never win the format order, and no save can write them back).
         stale = [p for fmt in WRITABLE_FORMATS for p in weight_files(save_directory, format_module(fmt).FILENAMES)

@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import files, hub
+from . import hub
 from .checkpoint import WRITABLE_FORMATS, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .numerics import cast_checked
 
@@ -85,10 +84,9 @@ def convert(
                           f"0", stacklevel=2)
         config.dtype = dtype
     total = sum(a.nbytes for a in state.values())
-    written = save_checkpoint(state, dst, config, format=to, max_shard_size=max_shard_size,
-                              progress=ticker(f"writing {to}", total))
-    written += _copy_side_files(src, main, fmt, dst, revision, cache_dir, local_files_only)
-    return written
+    side = _side_files(src, main, fmt, revision, cache_dir, local_files_only)
+    return save_checkpoint(state, dst, config, format=to, max_shard_size=max_shard_size,
+                           progress=ticker(f"writing {to}", total), side_files=side)
 
 
 def _checkpoint_bytes(main: Path) -> int:
@@ -99,12 +97,13 @@ def _checkpoint_bytes(main: Path) -> int:
     return main.stat().st_size
 
 
-def _copy_side_files(src, main: Path, fmt: str, dst: Path, revision, cache_dir, local_files_only) -> list[Path]:
+def _side_files(src, main: Path, fmt: str, revision, cache_dir, local_files_only) -> dict[str, Path]:
+    """{name in the destination: source file} for the vocabulary and generation files the source has."""
     wanted = {name: name for name in SIDE_FILES}
     if fmt == "openai":  # its vocabulary comes under OpenAI's names
         wanted = {**{n: n for n in SIDE_FILES if n not in OPENAI_VOCAB.values()}, **OPENAI_VOCAB}
     local = Path(src).exists()
-    written = []
+    found = {}
     for source_name, dest_name in wanted.items():
         if local or fmt == "openai":
             path = main.parent / source_name
@@ -112,10 +111,6 @@ def _copy_side_files(src, main: Path, fmt: str, dst: Path, revision, cache_dir, 
         else:
             path = hub.resolve_file(src, source_name, revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only)
-        target = dst / dest_name
-        if path is None or (target.exists() and path.resolve() == target.resolve()):
-            continue
-        with files.atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
-        written.append(target)
-    return written
+        if path is not None:
+            found[dest_name] = path
+    return found

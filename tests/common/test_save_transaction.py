@@ -327,3 +327,32 @@ def test_tf_checks_free_space_first(tmp_path, monkeypatch):
         save(tmp_path, NEW, NEW_CONFIG, "tf", False)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_convert_copies_the_vocabulary_in_the_same_transaction(tmp_path, monkeypatch):
+    """The vocabulary and generation files that convert carries over are staged with the weights: a failure while
+    copying them leaves the destination's old model and old vocabulary, and a success brings the new ones."""
+    import shutil
+
+    from gpt2.common.convert import convert
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    save(src, NEW, NEW_CONFIG, "safetensors", False)
+    (src / "vocab.json").write_text('{"new": 0}')
+    save(dst, OLD, OLD_CONFIG, "safetensors", False)
+    (dst / "vocab.json").write_text('{"old": 0}')
+
+    def full_disk(source, target, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copyfile", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            convert(src, dst, to="flax")
+    state, config = load_checkpoint(dst)
+    assert which(state) == "old" and which_config(config) == "old"
+    assert (dst / "vocab.json").read_text() == '{"old": 0}' and not (dst / "flax_model.msgpack").exists()
+    written = convert(src, dst, to="flax")
+    state, config = load_checkpoint(dst)
+    assert which(state) == "new" and which_config(config) == "new" and dst / "vocab.json" in written
+    assert (dst / "vocab.json").read_text() == '{"new": 0}'
