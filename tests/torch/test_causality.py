@@ -43,7 +43,11 @@ def _flash_stand_in():
     return module
 
 
-def _model(dtype, flags, implementation, monkeypatch):
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]  # CUDA: its own SDPA / eager kernels, same rule
+
+
+def _model(dtype, flags, implementation, monkeypatch, device="cpu"):
     from gpt2.torch import GPT2LMHeadModel
 
     scale, by_layer, upcast = flags
@@ -55,7 +59,7 @@ def _model(dtype, flags, implementation, monkeypatch):
         with torch.no_grad():
             for block in model.transformer.h:
                 block.attn.c_attn.weight[: 2 * config.n_embd] *= 20000.0  # query and key rows: |q|, |k| ~ 5e3
-    model = model.to(dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
     if implementation == "flash_attention_2":
         monkeypatch.setitem(sys.modules, "flash_attn", _flash_stand_in())
         for block in model.transformer.h:
@@ -79,12 +83,13 @@ def _logits(model, ids, mask, cached: int | None):
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "scale{}-bylayer{}-upcast{}".format(*map(int, f)))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("implementation", ["eager", "sdpa", "flash_attention_2"])
-def test_a_later_token_never_changes_earlier_logits(implementation, dtype, flags, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_later_token_never_changes_earlier_logits(device, implementation, dtype, flags, monkeypatch):
     if implementation == "flash_attention_2" and dtype == "float32":
         pytest.skip("flash_attention_2 runs in float16 or bfloat16 only")
-    model = _model(DTYPES[dtype], flags, implementation, monkeypatch)
+    model = _model(DTYPES[dtype], flags, implementation, monkeypatch, device)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, CONFIG["vocab_size"], (3, 9), generator=g)
+    ids = torch.randint(0, CONFIG["vocab_size"], (3, 9), generator=g).to(device)
     changed = ids.clone()
     changed[:, -1] = (ids[:, -1] + 1) % CONFIG["vocab_size"]
     padded = torch.ones_like(ids)
