@@ -10,7 +10,8 @@ encoding (``encode_ordinary``) and transformers' ``GPT2Tokenizer.encode`` for te
 >>> bpe.tokenize("Hello world"), bpe.decode_bytes([15496, 995])
 (['Hello', 'Ġworld'], b'Hello world')
 
-Speed comes from three things: a bounded cache of piece -> ids (most text is made of a few thousand pieces), a
+Speed comes from three things: a cache of piece -> ids bounded in entries and in bytes (most text is made of a few
+thousand pieces; a text of distinct long words must not grow it without limit), a
 merge loop whose inner work (``min``, ``list.index``) runs in C, and a heap + linked list for long pieces, so that
 ``"a" * 100_000`` costs O(n log n) instead of the O(n^2) of the reference loop.
 """
@@ -31,8 +32,14 @@ PRETOKENIZE_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\
 # Pieces longer than this are merged with the heap, shorter ones with the list loop (measured: faster below ~30).
 _LONG_PIECE = 32
 _NO_RANK = 1 << 62  # sorts after every real rank; an int so that min() compares ints only
+# What one cache entry costs beyond its characters and ids, in bytes (CPython 3.11, 64-bit): the str header (~49-73),
+# the tuple header (40) and the dict's slot and index share (~40-80). An upper estimate: the byte budget is a bound
+# on memory, not a hint.
+_ENTRY_BYTES = 200
+CACHE_BYTES = 32 * 2**20  # the default byte budget of the piece cache
 
-CacheInfo = namedtuple("CacheInfo", "hits misses maxsize currsize")
+# lru_cache's four fields (entries), then the byte budget and the bytes in use by the same estimate.
+CacheInfo = namedtuple("CacheInfo", "hits misses maxsize currsize maxbytes currbytes")
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -83,8 +90,10 @@ def check_vocabulary(encoder, merges, vocab_name: str) -> list[tuple[str, str]]:
         raise ValueError(f"{vocab_name}: expected a JSON object token -> id, got {type(encoder).__name__}")
     seen: dict[int, str] = {}
     for token, i in encoder.items():
-        if type(i) is not int or i < 0:
-            raise ValueError(f"{vocab_name}: token {token!r} has id {i!r}, expected an integer >= 0")
+        # Ids index arrays of the vocabulary's size: they must be 0..n-1 (with no repeat, that is every one of them).
+        if type(i) is not int or not 0 <= i < len(encoder):
+            raise ValueError(f"{vocab_name}: token {token!r} has id {i!r}, expected an integer in "
+                             f"0..{len(encoder) - 1} (the vocabulary has {len(encoder)} tokens)")
         if i in seen:
             raise ValueError(f"{vocab_name}: id {i} is given to both {seen[i]!r} and {token!r}")
         seen[i] = token
@@ -109,7 +118,11 @@ class ByteLevelBPE:
 
     ``encoder``: token string (byte-level characters) -> id; it must hold the 256 single-byte tokens and every merge
     result; other entries (``"<|endoftext|>"``) are never produced by BPE. ``merges``: pairs in rank order.
-    ``cache_size``: most pieces remembered (piece -> ids); the cache is emptied when full (0 disables it).
+    ``cache_size``: most pieces remembered (piece -> ids); ``cache_bytes``: most bytes they may take (estimated:
+    the characters at 1 byte each for ASCII and 4 otherwise, 8 per id, and a fixed overhead per entry). The cache is
+    emptied when either bound would be passed (0 disables it); a piece that alone exceeds ``cache_bytes`` is not
+    cached. The byte bound is what keeps a text of distinct long words (a log, base64, a hash list) from growing the
+    cache to hundreds of MB: 100,000 entries of 1 kB pieces would be over 600 MB.
 
     Merge rule (OpenAI's encoder.py, transformers' GPT2Tokenizer): take the adjacent *pair* with the lowest rank in
     merges.txt (the leftmost on ties), merge it, repeat. OpenAI's loop merges every occurrence of the best pair left
@@ -124,9 +137,10 @@ class ByteLevelBPE:
     """
 
     def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]], cache_size: int = 100_000,
-                 whole_token_shortcut: bool = False):
-        if type(cache_size) is not int or cache_size < 0:
-            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
+                 whole_token_shortcut: bool = False, cache_bytes: int = CACHE_BYTES):
+        for name, value in (("cache_size", cache_size), ("cache_bytes", cache_bytes)):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.byte_encoder = bytes_to_unicode()  # {byte: char}, 256 entries
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}  # {char: byte}
         missing = [b for b, c in self.byte_encoder.items() if c not in encoder]
@@ -151,6 +165,8 @@ class ByteLevelBPE:
         self._findall = regex.compile(PRETOKENIZE_PATTERN).findall
         self._cache: dict[str, tuple[int, ...]] = {}  # {raw piece: ids}
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0  # the estimate of what self._cache holds, kept <= cache_bytes
         self._lookups = self._misses = 0
 
     def _to_bytes(self, token: str) -> bytes:
@@ -192,9 +208,15 @@ class ByteLevelBPE:
         ids = (whole,) if whole is not None else tuple([bpe_ids[t] for t in self.bpe(chars)])
         self._misses += 1
         if self.cache_size:
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()  # bounded: cheaper than LRU bookkeeping on every hit; refills with hot pieces
+            cost = _ENTRY_BYTES + (len(piece) if piece.isascii() else 4 * len(piece)) + 8 * len(ids)
+            if cost > self.cache_bytes:
+                return ids  # a piece too big to keep
+            if len(self._cache) >= self.cache_size or self._cached_bytes + cost > self.cache_bytes:
+                # Emptied rather than LRU-evicted: no bookkeeping on hits (the hot path); it refills with hot pieces.
+                self._cache.clear()
+                self._cached_bytes = 0
             self._cache[piece] = ids
+            self._cached_bytes += cost
         return ids
 
     def bpe(self, piece_unicode: str) -> list[str]:
@@ -274,9 +296,10 @@ class ByteLevelBPE:
 
     def cache_info(self) -> CacheInfo:
         """Piece-cache statistics, as ``functools.lru_cache``'s ``cache_info()``."""
-        return CacheInfo(self._lookups - self._misses, self._misses, self.cache_size, len(self._cache))
+        return CacheInfo(self._lookups - self._misses, self._misses, self.cache_size, len(self._cache),
+                         self.cache_bytes, self._cached_bytes)
 
     def clear_cache(self) -> None:
         """Forget every cached piece and reset the statistics."""
         self._cache.clear()
-        self._lookups = self._misses = 0
+        self._cached_bytes = self._lookups = self._misses = 0

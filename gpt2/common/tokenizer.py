@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -87,6 +88,7 @@ class TokenizerBase(CallMixin):
         sep_token=None, cls_token=None, mask_token=None,
         name_or_path: str = "",
         tokenizer_file: str | os.PathLike | None = None,
+        split_special_tokens: bool = False,
     ) -> None:
         if tokenizer_file is not None and vocab_file is None and merges_file is None:  # tokenizer.json alone
             self.encoder, self.merges, added = read_tokenizer_json(tokenizer_file)
@@ -109,10 +111,21 @@ class TokenizerBase(CallMixin):
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
+        if not isinstance(split_special_tokens, bool):
+            raise TypeError(f"split_special_tokens must be a bool, got {type(split_special_tokens).__name__}")
+        # True: special tokens written in the text are ordinary text (untrusted input never becomes <|endoftext|>).
+        self.split_special_tokens = split_special_tokens
+        self._warned_length = False  # the "longer than model_max_length" warning, once per tokenizer
         self.name_or_path = str(name_or_path)
         self.added = AddedVocabulary(self.encoder)
         for index, token in sorted((added_tokens_decoder or {}).items()):
-            self.added.register(token, int(index))
+            index = int(index)
+            # An added token on a vocabulary id with other content: transformers' two tokenizers then decode that id
+            # differently (the vocabulary's token, or the added one), so neither rule is "the" behaviour: refused.
+            if index < 0 or (index in self.decoder and self.decoder[index] != str(token)):
+                raise ValueError(f"added token {str(token)!r} has id {index}, which the vocabulary gives to "
+                                 f"{self.decoder.get(index)!r}: an added token cannot take another token's id")
+            self.added.register(token, index)
         self._special: dict[str, Any] = {}
         for name, value in dict(bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
                                 sep_token=sep_token, cls_token=cls_token, mask_token=mask_token).items():
@@ -299,7 +312,19 @@ class TokenizerBase(CallMixin):
     _balanced_truncation = False
     _overflow_windows = False  # return_overflowing_tokens: extra rows per window (fast) or overflowing_tokens (slow)
 
-    def _encode_text(self, text: str, offsets: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
+    # With split_special_tokens, transformers' Python tokenizer recognises no added token at all; its fast one still
+    # recognises the non-special ones. Each of ours follows its counterpart.
+    _split_keeps_normal_tokens = False
+
+    def _split(self, text: str, split_special: bool):
+        if not split_special:
+            return self.added.split(text)
+        if self._split_keeps_normal_tokens:
+            return self.added.split(text, special=False)
+        return iter([(0, len(text), None)] if text else [])
+
+    def _encode_text(self, text: str, offsets: bool = False,
+                     split_special: bool = False) -> tuple[list[int], list[tuple[int, int]] | None]:
         """One text -> ids (and character offsets into it): added tokens first, BPE on the text between them."""
         text = self._prepare(text)
         length = len(text)
@@ -308,7 +333,7 @@ class TokenizerBase(CallMixin):
             text = " " + text
         ids: list[int] = []
         spans: list[tuple[int, int]] | None = [] if offsets else None
-        for start, end, index in self.added.split(text):
+        for start, end, index in self._split(text, split_special):
             if index is not None:
                 ids.append(index)
                 if offsets:
@@ -325,23 +350,41 @@ class TokenizerBase(CallMixin):
             spans = [(min(a, length), min(b, length)) for a, b in _unshift(spans, 0)]
         return ids, spans
 
-    def _encode_ids(self, text: str) -> list[int]:
+    def _encode_ids(self, text: str, split_special: bool = False) -> list[int]:
         """Ids only, the hot path: straight to the engine when the text holds no added token (the engines replace
         lone surrogates themselves, as tiktoken does)."""
         if type(text) is not str and not isinstance(text, str):
             raise TypeError(f"text must be a str (or a list of str), got {type(text).__name__}")
-        if not self.add_prefix_space and not self.added.search(text):
+        if not self.add_prefix_space and not split_special and not self.added.search(text):
             return self.bpe.encode_ordinary(text)
-        return self._encode_text(text)[0]
+        return self._encode_text(text, split_special=split_special)[0]
 
-    def tokenize(self, text: str) -> list[str]:
+    def _split_special(self, value: bool | None) -> bool:
+        """A call's split_special_tokens (None: the tokenizer's)."""
+        if value is None:
+            return self.split_special_tokens
+        if not isinstance(value, bool):
+            raise TypeError(f"split_special_tokens must be a bool, got {type(value).__name__}")
+        return value
+
+    def _warn_if_too_long(self, length: int) -> None:
+        """transformers' warning (once per tokenizer) for a sequence longer than model_max_length, untruncated."""
+        if length > self.model_max_length and not self._warned_length:
+            self._warned_length = True
+            warnings.warn(
+                "Token indices sequence length is longer than the specified maximum sequence length for this model "
+                f"({length} > {self.model_max_length}). Running this sequence through the model will result in "
+                "indexing errors", UserWarning, stacklevel=3)
+
+    def tokenize(self, text: str, split_special_tokens: bool | None = None) -> list[str]:
         """The token strings of ``text`` (byte-level symbols, e.g. 'Ġworld'), as transformers' tokenize()."""
-        return self.convert_ids_to_tokens(self._encode_text(text)[0])
+        split = self._split_special(split_special_tokens)
+        return self.convert_ids_to_tokens(self._encode_text(text, split_special=split)[0])
 
-    def _encode_batch(self, texts: list[str], offsets: bool) -> list[tuple[list[int], Any]]:
+    def _encode_batch(self, texts: list[str], offsets: bool, split_special: bool = False) -> list[tuple[list[int], Any]]:
         if offsets:
-            return [self._encode_text(t, True) for t in texts]
-        return [(self._encode_ids(t), None) for t in texts]
+            return [self._encode_text(t, True, split_special) for t in texts]
+        return [(self._encode_ids(t, split_special), None) for t in texts]
 
     # -- decoding ---------------------------------------------------------------------------------------------------
     # transformers' Python tokenizer decodes non-special added tokens (and additional special tokens beyond the
@@ -421,6 +464,7 @@ class TokenizerBase(CallMixin):
             "extra_special_tokens": {},
             "model_max_length": self.model_max_length,
             "padding_side": self.padding_side,
+            "split_special_tokens": self.split_special_tokens,
             "truncation_side": self.truncation_side,
             "tokenizer_class": "GPT2Tokenizer",
         }
@@ -470,8 +514,14 @@ class TokenizerBase(CallMixin):
         init = load_tokenizer_kwargs(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                      local_files_only=local_files_only, presets=PRESETS,
                                      packaged=PACKAGED_VOCAB)
+        added_file = init.pop("_added_tokens_file", None)
         init.update(kwargs)
-        return cls(**init)
+        try:
+            return cls(**init)
+        except ValueError as e:
+            if added_file is not None and str(e).startswith("added token"):  # name the file it came from
+                raise ValueError(f"{added_file}: {e}") from None
+            raise
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name_or_path={self.name_or_path!r}, vocab_size={self.vocab_size}, "

@@ -32,20 +32,25 @@ class CallMixin:
         return_length: bool = False,
         stride: int = 0,
         return_overflowing_tokens: bool = False,
+        split_special_tokens: bool | None = None,
     ) -> BatchEncoding:
         """Tokenize one text or a batch (and optional pairs) into model inputs, as transformers' tokenizers do.
 
         ``return_overflowing_tokens`` with truncation: GPT2TokenizerFast returns every window of each text (windows
         overlap by ``stride`` tokens) as extra rows with ``overflow_to_sample_mapping``; GPT2Tokenizer returns the
         kept row with ``overflowing_tokens`` and ``num_truncated_tokens`` -- each as its transformers counterpart.
+        ``split_special_tokens=True`` (default: the tokenizer's setting) reads special tokens in the text as plain
+        text. A sequence longer than ``model_max_length`` with no truncation warns once per tokenizer.
         """
+        split = self._split_special(split_special_tokens)
         if (type(text) is str and text_pair is None and padding is False and truncation is None and max_length is None
                 and not stride and not return_overflowing_tokens
                 and return_tensors is None and not (return_token_type_ids or return_special_tokens_mask
                                                     or return_offsets_mapping or return_length)
                 and return_attention_mask is None and not (add_special_tokens and self.add_bos_token)
                 and "token_type_ids" not in self.model_input_names):
-            ids = self._encode_ids(text)  # the plain call on one text, kept cheap
+            ids = self._encode_ids(text, split)  # the plain call on one text, kept cheap
+            self._warn_if_too_long(len(ids))
             return BatchEncoding(input_ids=ids, attention_mask=[1] * len(ids))
         batched = isinstance(text, (list, tuple)) and (
             not is_split_into_words or (len(text) > 0 and isinstance(text[0], (list, tuple))))
@@ -82,8 +87,8 @@ class CallMixin:
             "special_tokens_mask": return_special_tokens_mask,
             "offset_mapping": return_offsets_mapping,
         }
-        encoded = self._encode_batch(texts, return_offsets_mapping)
-        encoded_pairs = self._encode_batch(pairs, return_offsets_mapping) if pairs is not None else None
+        encoded = self._encode_batch(texts, return_offsets_mapping, split)
+        encoded_pairs = self._encode_batch(pairs, return_offsets_mapping, split) if pairs is not None else None
         rows, mapping, tails = [], [], []
         for i, (ids, spans) in enumerate(encoded):
             pair_ids, pair_spans = encoded_pairs[i] if encoded_pairs is not None else (None, None)
@@ -93,6 +98,8 @@ class CallMixin:
             mapping += [i] * len(built)
             tails.append(tail)
         lengths = [len(r["input_ids"]) for r in rows]
+        if max_length is None and lengths:  # no truncation applies (nor padding to a length)
+            self._warn_if_too_long(max(lengths))
         pad_rows(rows, pad, max_length, pad_to_multiple_of, side, self.pad_token_id)
         if self._length_counts_padding:
             lengths = [len(r["input_ids"]) for r in rows]
@@ -187,8 +194,11 @@ class CallMixin:
         if isinstance(text, (list, tuple)) and not kwargs.get("is_split_into_words"):
             raise TypeError("encode takes one text; call the tokenizer on a list for a batch")
         if (text_pair is None and not padding and max_length is None and truncation in (None, False)
-                and return_tensors is None and not kwargs and not (add_special_tokens and self.add_bos_token)):
-            return self._encode_ids(text)  # the plain case, without building a BatchEncoding
+                and return_tensors is None and not (set(kwargs) - {"split_special_tokens"})
+                and not (add_special_tokens and self.add_bos_token)):
+            ids = self._encode_ids(text, self._split_special(kwargs.get("split_special_tokens")))
+            self._warn_if_too_long(len(ids))
+            return ids  # the plain case, without building a BatchEncoding
         out = self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
                    max_length=max_length, **kwargs)["input_ids"]
         return to_tensor([out], return_tensors) if return_tensors is not None else out

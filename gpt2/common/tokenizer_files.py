@@ -16,7 +16,31 @@ from .tokens import AddedToken
 
 _SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _PLAIN = ("add_bos_token", "add_prefix_space", "errors", "model_max_length", "padding_side", "truncation_side",
-          "clean_up_tokenization_spaces")
+          "clean_up_tokenization_spaces", "split_special_tokens")
+_BOOLS = ("add_bos_token", "add_prefix_space", "clean_up_tokenization_spaces", "split_special_tokens")
+
+
+def _check_plain(key: str, value, path) -> Any:
+    """A tokenizer_config.json option of the right type, or a ValueError naming the file, the key and the value."""
+    if key in _BOOLS:
+        ok = isinstance(value, bool)
+    elif key == "model_max_length":  # transformers writes 1e30 as an int; a float with an integer value is read too
+        ok = (type(value) is int or (type(value) is float and value.is_integer())) and value >= 0
+        value = int(value) if ok else value
+    elif key in ("padding_side", "truncation_side"):
+        ok = value in ("left", "right")
+    else:  # errors
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"{path}: {key}={value!r} is not a valid value")
+    return value
+
+
+def _read_object(path, what: str) -> dict:
+    data = files.read_json(path, what)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None,
@@ -46,29 +70,41 @@ def load_tokenizer_kwargs(name_or_path: str | os.PathLike, *, revision=None, cac
     else:
         kwargs.update(vocab_file=vocab, merges_file=merges)
     config_path = find("tokenizer_config.json")
-    config = files.read_json(config_path) if config_path is not None else {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object")
+    config = _read_object(config_path, "tokenizer_config.json") if config_path is not None else {}
     for key in _PLAIN:
         if key in config and config[key] is not None:
-            kwargs[key] = config[key]
+            kwargs[key] = _check_plain(key, config[key], config_path)
+    where = config_path or name_or_path
     try:
-        decoder = {int(i): AddedToken.from_dict(t) for i, t in (config.get("added_tokens_decoder") or {}).items()}
+        entries = config.get("added_tokens_decoder") or {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"added_tokens_decoder must be an object id -> token, got {type(entries).__name__}")
+        decoder = {int(i): AddedToken.from_dict(t) for i, t in entries.items()}
         specials = {k: AddedToken.from_dict(config[k], special=True) for k in _SPECIALS if config.get(k) is not None}
         map_path = find("special_tokens_map.json")
         if map_path is not None:
-            for key, value in files.read_json(map_path).items():
+            where = map_path
+            for key, value in _read_object(map_path, "special_tokens_map.json").items():
                 if key in _SPECIALS and key not in specials and value is not None:
                     specials[key] = AddedToken.from_dict(value, special=True)
                 elif key == "additional_special_tokens" and "additional_special_tokens" not in config:
                     config["additional_special_tokens"] = value
-        additional = [AddedToken.from_dict(t, special=True) for t in config.get("additional_special_tokens") or []]
+        listed = config.get("additional_special_tokens") or []
+        if not isinstance(listed, list):
+            raise ValueError(f"additional_special_tokens must be a list, got {type(listed).__name__}")
+        additional = [AddedToken.from_dict(t, special=True) for t in listed]
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{config_path or name_or_path}: bad special token entry ({e})") from None
+        raise ValueError(f"{where}: bad special token entry ({e})") from None
     added_path = find("added_tokens.json")
+    kwargs["_added_tokens_file"] = config_path if decoder else None
     if not decoder and added_path is not None:
         special_contents = {t.content for t in specials.values()}
-        decoder = {int(i): AddedToken(c, special=c in special_contents) for c, i in files.read_json(added_path).items()}
+        decoder = {}
+        for content, i in _read_object(added_path, "added_tokens.json").items():
+            if type(i) is not int or i < 0:
+                raise ValueError(f"{added_path}: token {content!r} has id {i!r}, expected an integer >= 0")
+            decoder[i] = AddedToken(content, special=content in special_contents)
+        kwargs["_added_tokens_file"] = added_path
     kwargs.update(specials)
     kwargs["additional_special_tokens"] = additional
     kwargs["added_tokens_decoder"] = decoder or None  # None: tokenizer.json's own added tokens, if read

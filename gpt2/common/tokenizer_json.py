@@ -36,14 +36,17 @@ def read_tokenizer_json(path: str | os.PathLike) -> tuple[dict[str, int], list[t
         if model.get(key) not in (expected, None):
             raise ValueError(f"{path}: model.{key}={model[key]!r} is not GPT-2's byte-level BPE")
     if data.get("normalizer") is not None:
-        raise ValueError(f"{path}: a normalizer ({data['normalizer'].get('type')!r}) is not GPT-2's byte-level BPE")
+        kind = data["normalizer"].get("type") if isinstance(data["normalizer"], dict) else data["normalizer"]
+        raise ValueError(f"{path}: a normalizer ({kind!r}) is not GPT-2's byte-level BPE")
     pre = data.get("pre_tokenizer") or {}
-    if pre.get("type") != "ByteLevel" or pre.get("use_regex", True) is not True:
+    if not isinstance(pre, dict) or pre.get("type") != "ByteLevel" or pre.get("use_regex", True) is not True:
+        pre = pre if isinstance(pre, dict) else {"type": pre}
         raise ValueError(f"{path}: pre_tokenizer {pre.get('type')!r} is not GPT-2's ByteLevel with its regex")
     merges = model.get("merges") or []
     if not isinstance(merges, list):
         raise ValueError(f"{path}: model.merges must be a list, got {type(merges).__name__}")
-    lines = ((f"{path}, merge {i}", m.split() if isinstance(m, str) else m, m) for i, m in enumerate(merges))
+    lines = ((f"{path}, merge {i}", m.split() if isinstance(m, str) else m if isinstance(m, list) else [m], m)
+             for i, m in enumerate(merges))
     pairs = check_vocabulary(model["vocab"], lines, f"{path} (model.vocab)")
     added: dict[int, AddedToken] = {}
     for entry in data.get("added_tokens") or []:

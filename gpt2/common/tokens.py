@@ -53,7 +53,7 @@ class AddedVocabulary:
         self.base = base
         self.encoder: dict[str, int] = {}
         self.decoder: dict[int, AddedToken] = {}
-        self._pattern: regex.Pattern | None = None
+        self._patterns: dict[bool, regex.Pattern] = {}  # {special tokens included: pattern}
 
     @property
     def new_ids(self) -> list[int]:
@@ -71,7 +71,7 @@ class AddedVocabulary:
             del self.encoder[old.content]
         self.encoder[token.content] = index
         self.decoder[index] = token
-        self._pattern = None
+        self._patterns = {}
 
     def add(self, token: AddedToken) -> int:
         """Add ``token``; returns 1 when it took a new id, 0 when it already had one."""
@@ -84,11 +84,13 @@ class AddedVocabulary:
         self.register(token, len(self.base) + len(self.new_ids))
         return 1
 
-    def _compiled(self) -> regex.Pattern:
-        if self._pattern is None:
-            contents = sorted(self.encoder, key=len, reverse=True)  # longest first: the longest match wins
-            self._pattern = regex.compile("|".join(regex.escape(c) for c in contents))
-        return self._pattern
+    def _compiled(self, special: bool = True) -> regex.Pattern:
+        if special not in self._patterns:
+            contents = [c for c, i in self.encoder.items() if special or not self.decoder[i].special]
+            contents.sort(key=len, reverse=True)  # longest first: the longest match wins
+            # An empty alternation would match everywhere: "(?!)" never matches.
+            self._patterns[special] = regex.compile("|".join(regex.escape(c) for c in contents) or "(?!)")
+        return self._patterns[special]
 
     def search(self, text: str) -> bool:
         """Whether ``text`` holds any added token. The common answer is no; for a few tokens, substring tests are
@@ -100,15 +102,16 @@ class AddedVocabulary:
             return False
         return self._compiled().search(text) is not None
 
-    def split(self, text: str) -> Iterator[tuple[int, int, int | None]]:
-        """(start, end, id) for each added token in ``text`` and (start, end, None) for the text between them."""
+    def split(self, text: str, special: bool = True) -> Iterator[tuple[int, int, int | None]]:
+        """(start, end, id) for each added token in ``text`` and (start, end, None) for the text between them.
+        ``special=False``: special tokens are not recognised (split_special_tokens), other added tokens are."""
         if not self.encoder:
             if text:
                 yield 0, len(text), None
             return
         pos = 0
         pending: tuple[int, int] | None = None  # a text span whose end an lstrip token may still pull back
-        for match in self._compiled().finditer(text):
+        for match in self._compiled(special).finditer(text):
             token = self.decoder[self.encoder[match.group()]]
             start, end = match.span()
             if token.single_word and (_is_word(text, start - 1) or _is_word(text, end)):
