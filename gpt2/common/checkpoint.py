@@ -418,7 +418,7 @@ def save_checkpoint(
     write_config: bool = True,
     progress: Callable[[int], None] | None = None,
     architecture: str | None = None,
-    side_files: dict[str, Path] | None = None,
+    side_files: dict[str, "Path | str"] | None = None,
 ) -> "SavedFiles":
     """Write a canonical state (and config.json) to a folder in ``format``; returns the files written (a list, whose
     ``removed`` lists the files the save removed).
@@ -426,7 +426,8 @@ def save_checkpoint(
     The state is validated first. ``max_shard_size`` (bytes or "5GB") shards the safetensors, pytorch and tf
     formats as transformers does. ``architecture`` (a transformers class name) goes to config.json; by default it
     is inferred from the heads present. ``side_files`` ({name in the folder: source file}) are copied in by the same
-    transaction (the vocabulary and generation files that ``convert`` carries over).
+    transaction: a Path is copied (the vocabulary and generation files that ``convert`` carries over), a str is
+    the file's text (a model's generation_config.json).
 
     The save is one transaction (``files.FolderWrite``): every file is written under a temporary name first, so a
     failure while writing (a full disk) changes nothing; then the files are renamed into place, and the weights of
@@ -453,10 +454,13 @@ def save_checkpoint(
             written.append(save_directory / "config.json")
         for name, source in (side_files or {}).items():
             target = save_directory / name
-            if target.exists() and Path(source).resolve() == target.resolve():
+            if isinstance(source, str):
+                stage.write_text(target, source)
+            elif target.exists() and Path(source).resolve() == target.resolve():
                 continue  # converting in place: the file is already there
-            with stage.path(target) as tmp:
-                shutil.copyfile(source, tmp)
+            else:
+                with stage.path(target) as tmp:
+                    shutil.copyfile(source, tmp)
             written.append(target)
         # One model per folder: a file of any writable format not written now is an earlier save's (OpenAI's files
         # stay: they never win the format order, and no save can write them back).

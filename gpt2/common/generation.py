@@ -341,12 +341,18 @@ class GenerationConfig:
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise ValueError(f"save_pretrained expects a folder, {str(save_directory)!r} is a file")
+        text = self.json_to_save()
+        save_directory.mkdir(parents=True, exist_ok=True)
+        files.write_text(save_directory / config_file_name, text)
+
+    def json_to_save(self) -> str:
+        """The text save_pretrained writes (settings ``validate`` would warn about are refused, as transformers
+        does); models stage it with their weights, in one transaction."""
         try:
             self.validate(strict=True)
         except ValueError as e:
             raise ValueError(f"{e}\nFix these issues to save the configuration.") from None
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self.to_json_file(save_directory / config_file_name)
+        return self.to_json_string()
 
     # -- misc -------------------------------------------------------------------------------------------------------
     def update(self, **kwargs: Any) -> dict[str, Any]:

@@ -156,10 +156,10 @@ class GenerationMixin:
             model.generation_config = GenerationConfig.from_json_file(path)
         return result
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Also writes generation_config.json, as transformers does for generative models."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        self.generation_config.save_pretrained(save_directory)
+    def _files_to_save(self) -> dict[str, str]:
+        """generation_config.json too, as transformers writes it for generative models (in the same transaction
+        as the weights)."""
+        return {**super()._files_to_save(), GENERATION_CONFIG_NAME: self.generation_config.json_to_save()}
 
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  generation_config: GenerationConfig | None = None, streamer: BaseStreamer | None = None,

@@ -311,12 +311,17 @@ class GPT2PreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory, safe_serialization: bool = True,
                         max_shard_size: int | str | None = "5GB") -> None:
-        """Write config.json and model.safetensors (or pytorch_model.bin) that transformers loads."""
+        """Write config.json and model.safetensors (or pytorch_model.bin) that transformers loads, with
+        generation_config.json for generative models: one transaction (docs/checkpoints.md)."""
         config = self.config.copy()
         config.dtype = str(self.dtype).removeprefix("torch.")
         save_checkpoint(self.state_to_canonical(), Path(save_directory), config,
                         format="safetensors" if safe_serialization else "pytorch", max_shard_size=max_shard_size,
-                        architecture=type(self).__name__)
+                        architecture=type(self).__name__, side_files=self._files_to_save())
+
+    def _files_to_save(self) -> dict[str, str]:
+        """{file name: text} that save_pretrained writes beside the weights and config.json."""
+        return {}
 
 
 def _resolve_device(device) -> torch.device:

@@ -357,3 +357,37 @@ def test_convert_copies_the_vocabulary_in_the_same_transaction(tmp_path, monkeyp
     state, config = load_checkpoint(dst)
     assert which(state) == "new" and which_config(config) == "new" and dst / "vocab.json" in written
     assert (dst / "vocab.json").read_text() == '{"new": 0}'
+
+
+@pytest.mark.skipif(not has("torch"), reason="PyTorch is not installed")
+def test_a_models_generation_config_is_saved_in_the_same_transaction(tmp_path, monkeypatch):
+    """save_pretrained stages generation_config.json with the weights: a failure before the commit leaves the old
+    weights, config.json and generation_config.json together."""
+    from gpt2.common.generation import GenerationConfig
+    from gpt2.torch import GPT2LMHeadModel
+
+    folder = tmp_path / "m"
+    old = GPT2LMHeadModel(OLD_CONFIG)
+    old.generation_config = GenerationConfig(max_new_tokens=3)
+    old.save_pretrained(folder)
+    new = GPT2LMHeadModel(NEW_CONFIG)
+    new.generation_config = GenerationConfig(max_new_tokens=5)
+
+    real_write_text = files.FolderWrite.write_text
+
+    def full_disk_at_generation_config(self, target, text):
+        if pathlib.Path(target).name == "generation_config.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_write_text(self, target, text)
+
+    with monkeypatch.context() as m:
+        m.setattr(files.FolderWrite, "write_text", full_disk_at_generation_config)
+        with pytest.raises(OSError, match="No space left"):
+            new.save_pretrained(folder)
+    again = GPT2LMHeadModel.from_pretrained(folder)
+    assert again.config.layer_norm_epsilon == OLD_CONFIG.layer_norm_epsilon
+    assert again.generation_config.max_new_tokens == 3
+    new.save_pretrained(folder)
+    again = GPT2LMHeadModel.from_pretrained(folder)
+    assert again.config.layer_norm_epsilon == NEW_CONFIG.layer_norm_epsilon
+    assert again.generation_config.max_new_tokens == 5
