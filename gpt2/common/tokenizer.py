@@ -92,8 +92,10 @@ class TokenizerBase(CallMixin):
     ) -> None:
         if tokenizer_file is not None and vocab_file is None and merges_file is None:  # tokenizer.json alone
             self.encoder, self.merges, added = read_tokenizer_json(tokenizer_file)
+            where = f"{tokenizer_file}: " if added_tokens_decoder is None else ""  # names the file in errors below
             added_tokens_decoder = added if added_tokens_decoder is None else added_tokens_decoder
         else:
+            where = ""
             self.encoder, self.merges = read_vocab(vocab_file or PACKAGED_VOCAB / "vocab.json",
                                                    merges_file or PACKAGED_VOCAB / "merges.txt")
         self.decoder = {i: t for t, i in self.encoder.items()}
@@ -123,7 +125,7 @@ class TokenizerBase(CallMixin):
             # An added token on a vocabulary id with other content: transformers' two tokenizers then decode that id
             # differently (the vocabulary's token, or the added one), so neither rule is "the" behaviour: refused.
             if index < 0 or (index in self.decoder and self.decoder[index] != str(token)):
-                raise ValueError(f"added token {str(token)!r} has id {index}, which the vocabulary gives to "
+                raise ValueError(f"{where}added token {str(token)!r} has id {index}, which the vocabulary gives to "
                                  f"{self.decoder.get(index)!r}: an added token cannot take another token's id")
             self.added.register(token, index)
         self._special: dict[str, Any] = {}
