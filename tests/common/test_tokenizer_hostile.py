@@ -99,6 +99,12 @@ def test_recent_letters_found_example(kind):
     assert ours(kind).encode("\U00032936\u69ad") == [172, 110, 97, 35050, 99, 255]
 
 
+def test_recent_check_finds_both_planes():
+    has = tokenizer_fast._has_recent
+    assert has("a\u0558") and has("x\U00032936") and has("\ud800\U0001e4d0")
+    assert not has("日本語 😀 é") and not has("\ud800")
+
+
 def test_fast_equals_slow_on_recent_letters():
     fast, slow = ours("fast"), ours("slow")
     rng = random.Random(1)
