@@ -444,16 +444,27 @@ class TokenizerBase(CallMixin):
 
     # -- files ------------------------------------------------------------------------------------------------------
     def save_vocabulary(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, str]:
-        """Write vocab.json and merges.txt (transformers' layout) atomically; returns their paths."""
+        """Write vocab.json and merges.txt (transformers' layout) in one transaction; returns their paths."""
+        folder = self._save_folder(save_directory)
+        texts = self._vocabulary_texts(folder, filename_prefix)
+        with files.FolderWrite(folder) as save:
+            for path, text in texts.items():
+                save.write_text(path, text)
+            save.commit()
+        return tuple(str(path) for path in texts)
+
+    @staticmethod
+    def _save_folder(save_directory: str | os.PathLike) -> Path:
         folder = Path(save_directory)
         if folder.is_file():
-            raise ValueError(f"save_vocabulary expects a folder, {str(folder)!r} is a file")
-        folder.mkdir(parents=True, exist_ok=True)
+            raise ValueError(f"saving a tokenizer needs a folder, {str(folder)!r} is a file")
+        return folder
+
+    def _vocabulary_texts(self, folder: Path, filename_prefix: str | None) -> dict[Path, str]:
         prefix = f"{filename_prefix}-" if filename_prefix else ""
-        vocab_path, merges_path = folder / f"{prefix}vocab.json", folder / f"{prefix}merges.txt"
-        files.write_text(vocab_path, json.dumps(self.encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-        files.write_text(merges_path, "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges))
-        return str(vocab_path), str(merges_path)
+        return {folder / f"{prefix}vocab.json": json.dumps(self.encoder, indent=2, sort_keys=True,
+                                                           ensure_ascii=False) + "\n",
+                folder / f"{prefix}merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self.merges)}
 
     def tokenizer_config(self) -> dict[str, Any]:
         """tokenizer_config.json's content, as transformers writes it."""
@@ -475,26 +486,32 @@ class TokenizerBase(CallMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str, ...]:
         """Write vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json (+ added_tokens.json; and
-        tokenizer.json for GPT2TokenizerFast, as transformers)."""
-        folder = Path(save_directory)
-        written = self.save_vocabulary(folder, filename_prefix)
+        tokenizer.json for GPT2TokenizerFast, as transformers), as one transaction (files.FolderWrite): a failure
+        leaves the folder's earlier tokenizer whole. An earlier save's tokenizer.json or added_tokens.json that this
+        one does not write is removed, so that no loader (transformers' fast tokenizer prefers tokenizer.json) reads
+        the old tokenizer beside the new files."""
+        folder = self._save_folder(save_directory)
+        texts = self._vocabulary_texts(folder, filename_prefix)
         dump = lambda data: json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"  # noqa: E731
         specials = {name: (tok.to_dict(special=False) if isinstance(tok, AddedToken) else tok)
                     for name, tok in self._special.items()}
         if self._additional:
             specials["additional_special_tokens"] = list(self._additional)
-        extra = {"tokenizer_config.json": dump(self.tokenizer_config()), "special_tokens_map.json": dump(specials)}
+        texts[folder / "tokenizer_config.json"] = dump(self.tokenizer_config())
+        texts[folder / "special_tokens_map.json"] = dump(specials)
         if self.is_fast:  # transformers' fast tokenizer writes tokenizer.json too (indent 2, keys in its order)
             bos = (self.bos_token, self.bos_token_id) if self.add_bos_token and self.bos_token is not None else None
             content = tokenizer_json(self.encoder, self.merges, self.added_tokens_decoder, self.add_prefix_space, bos)
-            extra[TOKENIZER_FILE] = json.dumps(content, indent=2, ensure_ascii=False)
+            texts[folder / TOKENIZER_FILE] = json.dumps(content, indent=2, ensure_ascii=False)
         beyond = {t.content: i for i, t in self.added.decoder.items() if i >= self.vocab_size}
         if beyond:
-            extra["added_tokens.json"] = dump(beyond)
-        for name, text in extra.items():
-            files.write_text(folder / name, text)
-            written += (str(folder / name),)
-        return written
+            texts[folder / "added_tokens.json"] = dump(beyond)
+        stale = [folder / name for name in (TOKENIZER_FILE, "added_tokens.json") if folder / name not in texts]
+        with files.FolderWrite(folder) as save:
+            for path, text in texts.items():
+                save.write_text(path, text)
+            save.commit(remove=stale)
+        return tuple(str(path) for path in texts)
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload tokenizer", private: bool | None = None,
                     token=None, create_pr: bool = False, revision: str | None = None):

@@ -391,3 +391,43 @@ def test_a_models_generation_config_is_saved_in_the_same_transaction(tmp_path, m
     again = GPT2LMHeadModel.from_pretrained(folder)
     assert again.config.layer_norm_epsilon == NEW_CONFIG.layer_norm_epsilon
     assert again.generation_config.max_new_tokens == 5
+
+
+def test_a_tokenizer_save_is_one_transaction_and_leaves_no_other_tokenizer(tmp_path, monkeypatch):
+    """A tokenizer's files are staged and committed together (a failure leaves the earlier tokenizer whole), and an
+    earlier save's tokenizer.json / added_tokens.json that this save does not write are removed: transformers' fast
+    tokenizer would otherwise load the old tokenizer.json in preference to the new vocabulary."""
+    from gpt2 import GPT2Tokenizer, GPT2TokenizerFast
+
+    folder = tmp_path / "tok"
+    fast = GPT2TokenizerFast.from_pretrained("gpt2")
+    fast.add_tokens(["<old-token>"])
+    fast.save_pretrained(folder)
+    assert (folder / "tokenizer.json").is_file() and (folder / "added_tokens.json").is_file()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    slow = GPT2Tokenizer.from_pretrained("gpt2")
+    slow.pad_token = slow.eos_token
+    real_write_text = files.FolderWrite.write_text
+
+    def full_disk_at_special_tokens_map(self, target, text):
+        if pathlib.Path(target).name == "special_tokens_map.json":  # after the others
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_write_text(self, target, text)
+
+    with monkeypatch.context() as m:
+        m.setattr(files.FolderWrite, "write_text", full_disk_at_special_tokens_map)
+        with pytest.raises(OSError, match="No space left"):
+            slow.save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    slow.save_pretrained(folder)
+    assert not (folder / "tokenizer.json").exists() and not (folder / "added_tokens.json").exists()
+    again = GPT2TokenizerFast.from_pretrained(folder)
+    assert "<old-token>" not in again.get_vocab() and again.pad_token == again.eos_token
+    if has("transformers"):
+        import transformers
+
+        theirs = transformers.GPT2TokenizerFast.from_pretrained(folder)
+        assert "<old-token>" not in theirs.get_vocab()
+        assert theirs("hello <old-token>")["input_ids"] == slow("hello <old-token>")["input_ids"]
