@@ -359,6 +359,18 @@ def test_convert_copies_the_vocabulary_in_the_same_transaction(tmp_path, monkeyp
     assert (dst / "vocab.json").read_text() == '{"new": 0}'
 
 
+def full_disk_when_staging(monkeypatch, name: str) -> None:
+    """Make FolderWrite.write_text fail as a full disk would when it stages the file called ``name``."""
+    real_write_text = files.FolderWrite.write_text
+
+    def write_text(self, target, text):
+        if pathlib.Path(target).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_write_text(self, target, text)
+
+    monkeypatch.setattr(files.FolderWrite, "write_text", write_text)
+
+
 @pytest.mark.skipif(not has("torch"), reason="PyTorch is not installed")
 def test_a_models_generation_config_is_saved_in_the_same_transaction(tmp_path, monkeypatch):
     """save_pretrained stages generation_config.json with the weights: a failure before the commit leaves the old
@@ -373,15 +385,8 @@ def test_a_models_generation_config_is_saved_in_the_same_transaction(tmp_path, m
     new = GPT2LMHeadModel(NEW_CONFIG)
     new.generation_config = GenerationConfig(max_new_tokens=5)
 
-    real_write_text = files.FolderWrite.write_text
-
-    def full_disk_at_generation_config(self, target, text):
-        if pathlib.Path(target).name == "generation_config.json":
-            raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        return real_write_text(self, target, text)
-
     with monkeypatch.context() as m:
-        m.setattr(files.FolderWrite, "write_text", full_disk_at_generation_config)
+        full_disk_when_staging(m, "generation_config.json")
         with pytest.raises(OSError, match="No space left"):
             new.save_pretrained(folder)
     again = GPT2LMHeadModel.from_pretrained(folder)
@@ -408,15 +413,8 @@ def test_a_tokenizer_save_is_one_transaction_and_leaves_no_other_tokenizer(tmp_p
 
     slow = GPT2Tokenizer.from_pretrained("gpt2")
     slow.pad_token = slow.eos_token
-    real_write_text = files.FolderWrite.write_text
-
-    def full_disk_at_special_tokens_map(self, target, text):
-        if pathlib.Path(target).name == "special_tokens_map.json":  # after the others
-            raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        return real_write_text(self, target, text)
-
     with monkeypatch.context() as m:
-        m.setattr(files.FolderWrite, "write_text", full_disk_at_special_tokens_map)
+        full_disk_when_staging(m, "special_tokens_map.json")  # staged after the others
         with pytest.raises(OSError, match="No space left"):
             slow.save_pretrained(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
