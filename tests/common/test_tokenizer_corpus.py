@@ -23,6 +23,9 @@ from gpt2 import GPT2Tokenizer, GPT2TokenizerFast
 from gpt2.common.bpe import PRETOKENIZE_PATTERN, bytes_to_unicode
 from gpt2.common.tokenizer import PACKAGED_VOCAB
 
+# Whole documents, past model_max_length on purpose: the too-long warning is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Token indices sequence length is longer")
+
 VOCAB, MERGES = PACKAGED_VOCAB / "vocab.json", PACKAGED_VOCAB / "merges.txt"
 ENDOFTEXT = "<|endoftext|>"
 
@@ -117,7 +120,6 @@ def test_corpus_is_large_and_varied():
 
 # -- ids ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore:Token indices sequence length is longer")  # whole documents, on purpose
 @pytest.mark.parametrize("kind", KINDS)
 def test_fast_ids_equal_tiktoken(kind):
     fast, _ = ours()
@@ -125,7 +127,6 @@ def test_fast_ids_equal_tiktoken(kind):
     check_all(of_kind(kind)[:20], fast.encode, "GPT2TokenizerFast.encode")
 
 
-@pytest.mark.filterwarnings("ignore:Token indices sequence length is longer")  # whole documents, on purpose
 @pytest.mark.parametrize("kind", KINDS)
 def test_slow_ids_equal_tiktoken(kind):
     _, slow = ours()
@@ -265,7 +266,6 @@ LONG = {"a": "a" * 1_000_000, "emoji": "\U0001F600" * 250_000, "digits": "1" * 1
         "spaces then a letter": " " * 500_000 + "a", "words": "hello world " * 100_000}
 
 
-@pytest.mark.filterwarnings("ignore:Token indices sequence length is longer")  # whole documents, on purpose
 @pytest.mark.parametrize("name", LONG)
 def test_million_character_documents(name):
     fast, _ = ours()
