@@ -21,7 +21,7 @@ def mask_value(dtype: torch.dtype) -> float:
 def scores_dtype(dtype: torch.dtype, upcast: bool, device_type: str) -> torch.dtype:
     """The dtype the attention scores are computed in, which is the dtype masks must be built in: fp32 under
     reorder_and_upcast_attn, the autocast dtype under autocast, else the activations' ``dtype``. A mask built in
-    fp16 (-65504) and added to fp32 scores of 1e5 does not mask (common/numerics.py, MASK_VALUE_POLICY); one built
+    fp16 (-65504) and added to fp32 scores of 1e5 does not mask (common/numerics.py); one built
     in fp32 and cast to fp16 becomes -inf and NaNs a fully masked row."""
     if upcast:
         return torch.float32
@@ -30,7 +30,7 @@ def scores_dtype(dtype: torch.dtype, upcast: bool, device_type: str) -> torch.dt
     return dtype
 
 
-def eager_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
+def eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
     """softmax(q k^T * scale + mask) v, explicitly; returns (y, probabilities). Shapes (B, nh, T|S, hs)."""
     T, S = q.shape[-2], k.shape[-2]
     if upcast:  # reorder_and_upcast_attn: the product and the softmax in fp32 (fp16 scores can overflow)
@@ -50,7 +50,7 @@ def eager_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float
     return torch.matmul(probs, v), probs
 
 
-def sdpa_attention(q, k, v, mask, is_causal: bool, scale: float, dropout: float, upcast: bool):
+def sdpa_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, upcast: bool):
     """torch's scaled_dot_product_attention with GPT-2's scale; returns y (B, nh, T, hs)."""
     dtype = v.dtype
     if upcast:  # fp32 whatever autocast would pick (as eager_attention): the model's mask is built in fp32
@@ -81,7 +81,7 @@ def check_flash_available() -> None:
         raise ImportError("attn_implementation='flash_attention_2' needs a CUDA GPU; none is available")
 
 
-def flash_attention(q, k, v, padding_mask, is_causal: bool, scale: float, dropout: float):
+def flash_attention(q, k, v, *, padding_mask, is_causal: bool, scale: float, dropout: float):
     """FlashAttention-2 on (B, nh, T|S, hs) fp16/bf16 tensors; ``padding_mask`` (B, S) of 1/0 or None.
 
     With padding the rows are packed (varlen) so that padding costs nothing and never mixes into real tokens.

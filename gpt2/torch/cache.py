@@ -1,8 +1,13 @@
 """The key/value cache of self-attention, for incremental decoding.
 
 ``KVCache`` holds, per layer, keys and values of shape (B, nh, T, hs). It grows by concatenation (``KVCache()``,
-what a forward creates with ``use_cache=True``) or writes into buffers allocated once (``KVCache.static(...)``, what
-generate() uses: nothing is re-allocated per step). It reads like transformers' caches and legacy tuples:
+what a forward creates with ``use_cache=True``) or writes into buffers allocated once (``KVCache.static_cache(...)``,
+what generate() uses: nothing is re-allocated per step).
+
+The cache owns its write rule, so that Attention only calls ``cache.update(layer, k, v)``: a growing or static
+cache appends at its length (a Python int, so the shapes it returns grow with it); ``static.at(position)`` is the
+same buffers written at ``position``, a device tensor, returning the whole buffers (fixed shapes, no host value: what
+the fixed-shape decoding step of compiled.py captures or compiles; its mask hides the slots not written yet). It reads like transformers' caches and legacy tuples:
 ``cache[i]`` is layer i's ``(k, v)``, ``len(cache)``, ``get_seq_length()``, ``to_legacy_cache()``, and
 ``KVCache.from_legacy_cache(tuples)`` accepts transformers' old format.
 
@@ -24,6 +29,7 @@ class KVCache:
         self.values: list[torch.Tensor] = []
         self.length = 0  # tokens held (the same for every layer once a forward has finished)
         self.static = False
+        self.position: torch.Tensor | None = None  # set by at(): write there, at fixed shapes
         self.cross_keys: list[torch.Tensor] = []  # encoder keys / values per layer (cross-attention), once computed
         self.cross_values: list[torch.Tensor] = []
 
@@ -43,6 +49,18 @@ class KVCache:
         """A static cache for ``model`` (its config and dtype): ``max_length`` tokens of ``batch_size`` rows."""
         c = model.config
         return cls.static_cache(c.n_layer, batch_size, c.n_head, max_length, c.n_embd // c.n_head, model.dtype, device)
+
+    def at(self, position: torch.Tensor) -> "KVCache":
+        """This static cache's buffers, written at ``position`` ((T,) long, on their device) by ``update``, which then
+        returns the whole buffers. Shares the buffers (and the lists holding them) with ``self``; the caller
+        advances ``self``'s length."""
+        if not self.static:
+            raise ValueError("KVCache.at: only a static cache has fixed buffers to write at a position")
+        view = KVCache()
+        view.keys, view.values, view.cross_keys, view.cross_values = (self.keys, self.values, self.cross_keys,
+                                                                      self.cross_values)
+        view.static, view.position = True, position
+        return view
 
     @classmethod
     def from_legacy_cache(cls, past) -> "KVCache":
@@ -68,7 +86,12 @@ class KVCache:
         return self.length
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's k, v (B, nh, T, hs) for ``layer``; return everything held so far for it."""
+        """Add this step's k, v (B, nh, T, hs) for ``layer``; return everything held so far for it (B, nh, S, hs):
+        after what it holds, or at ``position`` (see ``at``) returning the whole buffers."""
+        if self.position is not None:  # index_copy_: the position is a tensor, never read on the host
+            self.keys[layer].index_copy_(2, self.position, k)
+            self.values[layer].index_copy_(2, self.position, v)
+            return self.keys[layer], self.values[layer]
         start = self.length
         end = start + k.shape[-2]
         if self.static:

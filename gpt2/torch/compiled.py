@@ -20,7 +20,7 @@ import weakref
 
 import torch
 
-from .attention import mask_value, scores_dtype, sdpa_attention
+from .attention import mask_value, scores_dtype
 from .cache import KVCache
 
 COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
@@ -29,25 +29,16 @@ COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
 _KEPT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def decode_step(model, ids, positions, mask, keys, values, position):
+def decode_step(model, ids, positions, mask, cache):
     """One token per row through ``model`` (an LM-head model in eval mode); returns next-token logits (B, V) fp32.
 
-    ids, positions: (B, 1) long; mask: (B, 1, 1, L) additive; keys, values: per layer (B, nh, L, hs) buffers, written
-    at ``position`` ((1,) long). Always SDPA: the same numbers as eager (scale, upcast) at fixed shapes.
+    ids, positions: (B, 1) long; mask: (B, 1, 1, L) additive, in the scores' dtype; cache: a static cache written at
+    a device-tensor position (``KVCache.at``). The trunk's own embed and core: the same Block and Attention code
+    as GPT2Model.forward, only without its host checks and with fixed shapes.
     """
     t = model.transformer
-    x = t.wte(ids) + t.wpe(positions)  # (B, 1, C)
-    B, T, C = x.shape
-    for block, k_all, v_all in zip(t.h, keys, values):
-        attn = block.attn
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
-        q, k, v = attn._heads(q), attn._heads(k), attn._heads(v)  # (B, nh, 1, hs)
-        k_all.index_copy_(2, position, k)
-        v_all.index_copy_(2, position, v)
-        y = sdpa_attention(q, k_all, v_all, mask, False, attn.scale, 0.0, attn.upcast)  # (B, nh, 1, hs)
-        x = x + attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(t.ln_f(x))[:, -1, :].float()
+    x, *_ = t.core(t.embed(ids, position_ids=positions), mask=mask, cache=cache)  # (B, 1, C)
+    return model.lm_head(x)[:, -1, :].float()
 
 
 def compile_options(compile_config) -> dict:
@@ -88,6 +79,7 @@ class FixedStep:
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         dtype = scores_dtype(model.dtype, model.config.reorder_and_upcast_attn, device.type)  # what it is added to
         self.mask = torch.empty((B, 1, 1, L), dtype=dtype, device=device)  # (B, 1, 1, L), set by start()
+        self.at_position = cache.at(self.position)  # the same buffers, written at self.position
         self.graph = self.logits = None
         self.busy = threading.Lock()
         if how == "compile":
@@ -127,8 +119,7 @@ class FixedStep:
 
     def _run(self) -> torch.Tensor:
         fn = self.fn if self.how == "compile" else decode_step
-        return fn(self.model_ref(), self.ids, self.positions, self.mask, self.cache.keys, self.cache.values,
-                  self.position)
+        return fn(self.model_ref(), self.ids, self.positions, self.mask, self.at_position)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
         self.ids.copy_(ids)

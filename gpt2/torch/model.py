@@ -23,20 +23,30 @@ from .cache import KVCache
 from .weights import GPT2PreTrainedModel
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, the tanh form (OpenAI gpt-2/src/model.py); torch's default is the exact erf form."""
+    return F.gelu(x, approximate="tanh")
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# Module-level functions only (no lambdas): a model keeps its activation, and a model must pickle.
+ACTIVATION_FUNCTIONS = {
+    "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "gelu_fast": gelu_tanh, "gelu": F.gelu,
+    "quick_gelu": quick_gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu, "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid, "linear": identity,
+}
+
+
 def activation(name: str):
     """The activation named by config.activation_function (common/numerics.py lists them)."""
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):  # GPT-2's tanh GELU; torch's default is exact
-        return lambda x: F.gelu(x, approximate="tanh")
-    return {
-        "gelu": F.gelu,
-        "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-        "relu": F.relu,
-        "silu": F.silu,
-        "swish": F.silu,
-        "tanh": torch.tanh,
-        "sigmoid": torch.sigmoid,
-        "linear": lambda x: x,
-    }[name]
+    return ACTIVATION_FUNCTIONS[name]
 
 
 class Attention(nn.Module):
@@ -64,8 +74,10 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
 
-    def forward(self, x, mask=None, is_causal=False, cache: KVCache | None = None, head_mask=None,
+    def forward(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_mask=None,
                 encoder_hidden_states=None, padding_mask=None, output_attentions=False):
+        """(output (B, T, C), probabilities or None). The cache decides where this step's keys and values go
+        (cache.py): appended after what it holds, or written at the fixed step's position."""
         B, T, C = x.shape
         if self.is_cross_attention:
             q = self._heads(self.q_attn(x))  # (B, nh, T, hs)
@@ -85,13 +97,16 @@ class Attention(nn.Module):
         dropout = self.attn_dropout.p if self.training else 0.0
         probs = None
         if output_attentions or head_mask is not None or self.implementation == "eager":
-            y, probs = eager_attention(q, k, v, mask, is_causal, self.scale, dropout, head_mask, self.upcast)
+            y, probs = eager_attention(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, dropout=dropout,
+                                       head_mask=head_mask, upcast=self.upcast)
         # flash-attn takes padding, not an arbitrary additive mask: a caller's 4-D mask goes to SDPA
         elif self.implementation == "flash_attention_2" and (mask is None or padding_mask is not None):
-            y = flash_attention(q, k, v, padding_mask, is_causal or (not self.is_cross_attention and T > 1),
-                                self.scale, dropout)
+            y = flash_attention(q, k, v, padding_mask=padding_mask,
+                                is_causal=is_causal or (not self.is_cross_attention and T > 1), scale=self.scale,
+                                dropout=dropout)
         else:
-            y = sdpa_attention(q, k, v, mask, is_causal, self.scale, dropout, self.upcast)
+            y = sdpa_attention(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, dropout=dropout,
+                               upcast=self.upcast)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), probs
 
@@ -122,24 +137,32 @@ class Block(nn.Module):
             self.ln_cross_attn = nn.LayerNorm(C, eps=eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, is_causal, cache, head_mask, encoder_hidden_states, encoder_mask, padding_mask,
-                encoder_padding_mask, output_attentions):
-        a, self_probs = self.attn(self.ln_1(x), mask, is_causal, cache, head_mask, padding_mask=padding_mask,
-                                  output_attentions=output_attentions)
+    def forward(self, x, *, mask=None, is_causal=False, cache=None, head_mask=None, encoder_hidden_states=None,
+                encoder_mask=None, padding_mask=None, encoder_padding_mask=None, output_attentions=False):
+        """(x (B, T, C), self-attention probabilities, cross-attention probabilities); probabilities are None unless
+        asked for. Cross-attention runs when ``encoder_hidden_states`` is given (GPT2Model.forward checks that the
+        block has it)."""
+        a, self_probs = self.attn(self.ln_1(x), mask=mask, is_causal=is_causal, cache=cache, head_mask=head_mask,
+                                  padding_mask=padding_mask, output_attentions=output_attentions)
         x = x + a
         cross_probs = None
         if encoder_hidden_states is not None:
-            if not hasattr(self, "crossattention"):
-                raise ValueError("encoder_hidden_states given, but the model has no cross-attention "
-                                 "(config.add_cross_attention=False)")
-            a, cross_probs = self.crossattention(self.ln_cross_attn(x), encoder_mask, False, cache, head_mask,
-                                                encoder_hidden_states, encoder_padding_mask, output_attentions)
+            a, cross_probs = self.crossattention(self.ln_cross_attn(x), mask=encoder_mask, cache=cache,
+                                                head_mask=head_mask, encoder_hidden_states=encoder_hidden_states,
+                                                padding_mask=encoder_padding_mask,
+                                                output_attentions=output_attentions)
             x = x + a
         return x + self.mlp(self.ln_2(x)), self_probs, cross_probs
 
 
 class GPT2Model(GPT2PreTrainedModel):
-    """The GPT-2 trunk: embeddings, n_layer blocks, final LayerNorm. transformers' GPT2Model forward arguments."""
+    """The GPT-2 trunk: embeddings, n_layer blocks, final LayerNorm. transformers' GPT2Model forward arguments.
+
+    ``forward`` is the boundary: it checks the inputs on the host, embeds them (``embed``), builds the masks and
+    resolves the cache. ``core`` runs the blocks and ``ln_f`` without a host sync or a Python branch on tensor
+    values; every path runs it: ``forward`` and the fixed-shape decoding step of generate() (compiled.py), which
+    captures it in a CUDA graph or compiles it.
+    """
 
     def __init__(self, config, attn_implementation: str | None = None) -> None:
         super().__init__(config)
@@ -167,23 +190,22 @@ class GPT2Model(GPT2PreTrainedModel):
         past = cache.get_seq_length() if cache is not None else 0
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if encoder_hidden_states is not None and not config.add_cross_attention:
+            raise ValueError("encoder_hidden_states given, but the model has no cross-attention "
+                             "(config.add_cross_attention=False)")
         # (B, num_choices, T) inputs (GPT2DoubleHeadsModel) run as (B * num_choices, T) and are shaped back.
         input_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1]
-        flat = lambda t: t.reshape(-1, t.shape[-1]) if t is not None and t.dim() > 2 else t  # noqa: E731
-        input_ids, token_type_ids, position_ids = flat(input_ids), flat(token_type_ids), flat(position_ids)
+        input_ids, token_type_ids, position_ids = _flat(input_ids), _flat(token_type_ids), _flat(position_ids)
         if attention_mask is not None and attention_mask.dim() == 3:
-            attention_mask = flat(attention_mask)
+            attention_mask = _flat(attention_mask)
         if inputs_embeds is not None and inputs_embeds.dim() > 3:
             inputs_embeds = inputs_embeds.reshape(-1, *inputs_embeds.shape[-2:])
-        inputs_embeds, B, T = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids,
-                                                 token_type_ids)
-        device = inputs_embeds.device
+        B, T = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids, token_type_ids)
+        device = self.wte.weight.device if inputs_embeds is None else inputs_embeds.device
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=device).unsqueeze(0)  # (1, T)
-        x = inputs_embeds + self.wpe(position_ids.view(-1, T))
-        if token_type_ids is not None:  # GPT-2 embeds token types with the token table, as transformers does
-            x = x + self.wte(token_type_ids.view(-1, T))
-        x = self.drop(x)
+        x = self.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                       inputs_embeds=inputs_embeds)
 
         # masks in the dtype the scores are added in (fp32 under reorder_and_upcast_attn), never the activations'
         dtype = scores_dtype(x.dtype, config.reorder_and_upcast_attn, device.type)
@@ -192,31 +214,63 @@ class GPT2Model(GPT2PreTrainedModel):
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
             encoder_padding_mask = encoder_attention_mask.view(encoder_hidden_states.shape[0], -1)
             encoder_mask = (1.0 - encoder_padding_mask[:, None, None, :].to(dtype)) * mask_value(dtype)
-        head_masks = self._head_masks(head_mask, x.dtype)
 
+        x, hidden_states, attentions, cross_attentions = self.core(
+            x, mask=mask, is_causal=is_causal, cache=cache, head_masks=self._head_masks(head_mask, x.dtype),
+            encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask, padding_mask=padding_mask,
+            encoder_padding_mask=encoder_padding_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states)
+        if cache is not None:
+            cache.advance(T)
+        x = x.view(*input_shape, x.shape[-1])
+        if output_hidden_states:
+            hidden_states = hidden_states[:-1] + (x,)  # the last one in the caller's (B, num_choices, T, C) shape
+        out = BaseModelOutputWithPastAndCrossAttentions(x, cache, hidden_states, attentions, cross_attentions)
+        return out if return_dict else out.to_tuple()
+
+    def embed(self, input_ids=None, *, position_ids, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """Token + position (+ token type) embeddings, after dropout: (B, T, C). Unchecked: forward checks."""
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        T = x.shape[1]
+        x = x + self.wpe(position_ids.view(-1, T))
+        if token_type_ids is not None:  # GPT-2 embeds token types with the token table, as transformers does
+            x = x + self.wte(token_type_ids.view(-1, T))
+        return self.drop(x)
+
+    def core(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_masks=None,
+             encoder_hidden_states=None, encoder_mask=None, padding_mask=None, encoder_padding_mask=None,
+             output_attentions=False, output_hidden_states=False):
+        """The blocks and ``ln_f`` over embedded ``x`` (B, T, C); returns (x, hidden states, attentions,
+        cross-attentions), the last three tuples or None.
+
+        ``mask``: additive (B|1, 1, T, S) in the scores' dtype, or None with ``is_causal``; ``cache`` takes each
+        layer's keys and values by its own rule (cache.py). Nothing here reads a tensor's value on the host, so
+        the fixed-shape step can capture or compile it; the cache's length is advanced by the caller.
+        """
         hidden_states = () if output_hidden_states else None
         attentions = () if output_attentions else None
-        cross_attentions = () if output_attentions and config.add_cross_attention else None
+        cross_attentions = () if output_attentions and self.config.add_cross_attention else None
+        checkpointed = self.gradient_checkpointing and self.training
         for i, block in enumerate(self.h):
             if output_hidden_states:
                 hidden_states += (x,)
-            args = (x, mask, is_causal, cache, head_masks[i], encoder_hidden_states, encoder_mask, padding_mask,
-                    encoder_padding_mask, output_attentions)
-            if self.gradient_checkpointing and self.training:
-                x, self_probs, cross_probs = checkpoint(block, *args, use_reentrant=False)
+            kwargs = dict(mask=mask, is_causal=is_causal, cache=cache,
+                          head_mask=head_masks[i] if head_masks is not None else None,
+                          encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
+                          padding_mask=padding_mask, encoder_padding_mask=encoder_padding_mask,
+                          output_attentions=output_attentions)
+            if checkpointed:
+                x, self_probs, cross_probs = checkpoint(block, x, use_reentrant=False, **kwargs)
             else:
-                x, self_probs, cross_probs = block(*args)
+                x, self_probs, cross_probs = block(x, **kwargs)
             if output_attentions:
                 attentions += (self_probs,)
                 if cross_attentions is not None:
                     cross_attentions += (cross_probs,)
-        if cache is not None:
-            cache.advance(T)
-        x = self.ln_f(x).view(*input_shape, x.shape[-1])
+        x = self.ln_f(x)
         if output_hidden_states:
             hidden_states += (x,)
-        out = BaseModelOutputWithPastAndCrossAttentions(x, cache, hidden_states, attentions, cross_attentions)
-        return out if return_dict else out.to_tuple()
+        return x, hidden_states, attentions, cross_attentions
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def _cache_from(self, past_key_values, use_cache: bool) -> KVCache | None:
@@ -230,16 +284,17 @@ class GPT2Model(GPT2PreTrainedModel):
                         f"{type(past_key_values).__name__}")
 
     def _check_inputs(self, input_ids, inputs_embeds, past: int, attention_mask, position_ids, token_type_ids):
-        """Validate once, at the boundary; returns (inputs_embeds, B, T)."""
+        """Validate once, at the boundary; returns (B, T)."""
         V, P = self.config.vocab_size, self.config.n_positions
         if input_ids is not None:
             if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
                 raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
             _check_range(input_ids, V, "input_ids", "the vocabulary")
-            inputs_embeds = self.wte(input_ids)
+            B, T = input_ids.shape
         elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.n_embd:
             raise ValueError(f"inputs_embeds must be (B, T, {self.config.n_embd}), got {tuple(inputs_embeds.shape)}")
-        B, T = inputs_embeds.shape[:2]
+        else:
+            B, T = inputs_embeds.shape[:2]
         if position_ids is None and past + T > P:
             raise ValueError(f"{past + T} positions ({past} cached + {T} new) exceed n_positions={P}: GPT-2 has "
                              f"no position embedding beyond {P - 1}")
@@ -254,7 +309,7 @@ class GPT2Model(GPT2PreTrainedModel):
         if attention_mask is not None and attention_mask.dim() == 2 and tuple(attention_mask.shape) != (B, past + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, cached + "
                              f"new tokens) = ({B}, {past + T})")
-        return inputs_embeds, B, T
+        return B, T
 
     def _self_attention_mask(self, attention_mask, B, T, past, dtype, device):
         """(additive mask or None, is_causal, 2-D padding mask or None) for the self-attention of this step."""
@@ -286,6 +341,11 @@ class GPT2Model(GPT2PreTrainedModel):
         if head_mask.shape != (L, H):
             raise ValueError(f"head_mask must have shape ({H},) or ({L}, {H}), got {tuple(head_mask.shape)}")
         return [m.to(dtype).view(1, H, 1, 1) for m in head_mask]
+
+
+def _flat(t):
+    """(..., T) -> (N, T): GPT2DoubleHeadsModel's (B, num_choices, T) inputs run as one batch."""
+    return t.reshape(-1, t.shape[-1]) if t is not None and t.dim() > 2 else t
 
 
 def _check_range(ids: torch.Tensor, size: int, name: str, what: str) -> None:
