@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
-from ..checkpoint import HEAD_CLASSES, CheckpointError, Lazy, from_format, to_format
+from .canonical import HEAD_CLASSES, CheckpointError, Lazy, from_format, to_format
 
 FORMAT = "flax"
 FILENAMES = ("flax_model.msgpack",)
@@ -46,7 +46,7 @@ def key_of(name: str) -> tuple[str, str]:
     return "/".join(module + ["kernel"]), "transpose"
 
 
-def _aliases(key: str):
+def aliases(key: str):
     yield key
     if key.split("/")[0] not in ("transformer", *HEAD_CLASSES):
         yield "transformer/" + key
@@ -154,7 +154,7 @@ def read_raw(path: Path) -> dict:
 
 
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
-    return from_format(read_raw(main).items(), key_of, config, str(main), _aliases, progress)
+    return from_format(read_raw(main).items(), key_of, config, str(main), aliases, progress)
 
 
 def _chunk(array: np.ndarray):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
-from ..checkpoint import CheckpointError, Lazy, architecture_of, from_format, to_format
+from .canonical import CheckpointError, Lazy, architecture_of, from_format, to_format
 from . import pt_layout
 
 FORMAT = "tf"
@@ -61,7 +61,8 @@ def key_of(name: str) -> tuple[str, str] | None:
     return f"{path}/{leaf}:0", ("copy" if leaf == "weight" else "bias_row")
 
 
-def _aliases(key: str):
+def aliases(key: str):
+    """The spellings a reader accepts for ``key`` (older writers' names); the safetensors reader uses them too."""
     yield key
     if key.endswith("/weight:0") and key.count("/") == 2:  # TFSharedEmbeddings in older files: wte/weight:0
         yield key[: -len("weight:0")] + "embeddings:0"
@@ -191,16 +192,17 @@ def _read_shard(path: Path):
     return _weights(path, walk)
 
 
-def _strip_model_name(name: str) -> str:
+def strip_model_name(name: str) -> str:
+    """A TF shard index's name without the model name in front (the name inside the shard file)."""
     return name if "/" not in name else name.split("/", 1)[1]
 
 
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
     if main.name.endswith(".index.json"):
-        raw = pt_layout.read(main, _read_shard, index_key=_strip_model_name)
+        raw = pt_layout.read(main, _read_shard, index_key=strip_model_name)
     else:
         raw = read_raw(main)
-    return from_format(raw, key_of, config, str(main), _aliases, progress)
+    return from_format(raw, key_of, config, str(main), aliases, progress)
 
 
 def write(state, stage: files.FolderWrite, config, *, max_shard_size=None, progress=None) -> list[Path]:

@@ -33,7 +33,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..checkpoint import CheckpointError, Lazy, from_format
+from .canonical import CheckpointError, Lazy, from_format
 
 FORMAT = "openai"
 FILENAMES = ("model.ckpt.index",)  # the name OpenAI's download uses; find() accepts any prefix

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import files
-from ..checkpoint import HEAD_CLASSES, CheckpointError, parse_size
+from .canonical import HEAD_CLASSES, CheckpointError, parse_size
 
 ReadFile = Callable[[Path], Iterator[tuple[str, np.ndarray]]]
 WriteFile = Callable[[dict[str, np.ndarray], Path], None]

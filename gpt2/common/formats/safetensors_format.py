@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
-from ..checkpoint import CheckpointError, Lazy, from_format
-from . import pt_layout
+from .canonical import CheckpointError, Lazy, from_format
+from . import keras_h5, pt_layout
 
 FORMAT = "safetensors"
 FILENAMES = ("model.safetensors", "model.safetensors.index.json")
@@ -88,10 +88,8 @@ def _written_by(main: Path) -> str | None:
 
 def read(main: Path, config, progress=None) -> dict[str, np.ndarray]:
     if _written_by(main) == "tf":  # transformers' TF names: the h5 format's table, the model name dropped
-        from . import keras_h5
-
-        raw = pt_layout.read(main, _read_file, index_key=keras_h5._strip_model_name)
-        return from_format(raw, keras_h5.key_of, config, str(main), keras_h5._aliases, progress)
+        raw = pt_layout.read(main, _read_file, index_key=keras_h5.strip_model_name)
+        return from_format(raw, keras_h5.key_of, config, str(main), keras_h5.aliases, progress)
     raw = pt_layout.read(main, _read_file)
     return from_format(raw, key_of, config, str(main), pt_layout.aliases, progress)
 

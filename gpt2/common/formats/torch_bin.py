@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
-from ..checkpoint import CheckpointError, from_format, max_file_bytes
+from .canonical import CheckpointError, from_format, max_file_bytes
 from . import pt_layout
 
 FORMAT = "pytorch"
