@@ -179,40 +179,6 @@ def resolve_file(
     return _download(name, filename, revision, cache_dir)
 
 
-# transformers' from_pretrained options: those that change nothing here (every format loads; models are built on
-# the meta device and filled once; no code is ever run from a checkpoint) -- refused only for the values noted --,
-# and those not offered, with what to do instead. Shared by every from_pretrained, so they answer alike.
-_NO_EFFECT = {"low_cpu_mem_usage": None, "from_tf": None, "from_flax": None, "trust_remote_code": None,
-              "resume_download": None, "_fast_init": None, "use_fast": None, "legacy": None,
-              "weights_only": (False, "checkpoints are never unpickled with code"),
-              "use_flash_attention_2": (True, "use attn_implementation='flash_attention_2'"),
-              "force_download": (True, "delete the cached files instead")}
-_TOKEN = "pass a hub token through the HF_TOKEN environment variable or `hf auth login` instead"
-_NOT_OFFERED = {
-    "token": _TOKEN, "use_auth_token": _TOKEN, "proxies": "set HTTPS_PROXY instead",
-    "subfolder": "give the folder's path instead", "variant": "give the weights file's path instead",
-    "state_dict": "use load_state_dict on the model", "ignore_mismatched_sizes": "load, then replace the head",
-    "quantization_config": "quantization is not offered", "max_memory": "the model is placed on one device",
-    "offload_folder": "the model is placed on one device", "offload_state_dict": "the model is placed on one device",
-    "gguf_file": "GGUF files are not read", "tp_plan": "tensor parallelism is not offered",
-    "key_mapping": "checkpoint names are GPT-2's",
-}
-
-
-def loading_options(kwargs: dict, where: str) -> dict:
-    """Take transformers' loading options out of a from_pretrained's ``kwargs``: those with no effect here go, the
-    ones not offered (or given a value that is not) are a TypeError naming them. Returns the rest."""
-    rest = {}
-    for key, value in kwargs.items():
-        if key in _NOT_OFFERED:
-            raise TypeError(f"{where}: {key}= is not supported ({_NOT_OFFERED[key]})")
-        if key not in _NO_EFFECT:
-            rest[key] = value
-        elif _NO_EFFECT[key] is not None and bool(value) == _NO_EFFECT[key][0]:
-            raise TypeError(f"{where}: {key}={value!r} is not supported ({_NO_EFFECT[key][1]})")
-    return rest
-
-
 def push_to_hub(save, repo_id: str, *, commit_message: str, private: bool | None = None, token=None,
                 create_pr: bool = False, revision: str | None = None):
     """Write with ``save(folder)`` into a temporary folder, then upload it to the hub repository ``repo_id``

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import regex
 
-from . import files, hub
+from . import files, hub, loading
 from .bpe import ByteLevelBPE, bytes_to_unicode, read_vocab
 from .encoding import char_offsets
 from .tokenizer_call import CallMixin
@@ -529,7 +529,7 @@ class TokenizerBase(CallMixin):
         """
         from .tokenizer_files import load_tokenizer_kwargs
 
-        kwargs = hub.loading_options(kwargs, f"{cls.__name__}.from_pretrained()")
+        kwargs = loading.loading_options(kwargs, f"{cls.__name__}.from_pretrained()")
         init = load_tokenizer_kwargs(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                      local_files_only=local_files_only, presets=PRESETS,
                                      packaged=PACKAGED_VOCAB)

@@ -15,7 +15,7 @@ from .heads import (
     GPT2LMHeadModel,
 )
 from .model import GPT2Model
-from .weights import GPT2PreTrainedModel
+from .pretrained import GPT2PreTrainedModel
 
 __all__ = [
     "GPT2DoubleHeadsModel", "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",

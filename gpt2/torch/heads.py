@@ -20,7 +20,7 @@ from ..common.outputs import (
 )
 from .generation import GenerationMixin
 from .model import GPT2Model
-from .weights import GPT2PreTrainedModel
+from .pretrained import GPT2PreTrainedModel
 
 IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention)
 
@@ -108,6 +108,7 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
 
     def __init__(self, config, attn_implementation: str | None = None) -> None:
         super().__init__(config)
+        config = self.config  # the model's own copy: the caller's config keeps its num_labels
         config.num_labels = 1  # as transformers: one score per choice
         self.transformer = GPT2Model(config, attn_implementation)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -175,7 +176,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
                 problem = "single_label_classification"
             else:
                 problem = "multi_label_classification"
-            self.config.problem_type = problem
+            self.config.problem_type = problem  # on the model's own copy (never the caller's config)
         if problem == "regression":
             if self.config.num_labels == 1:
                 return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from ..common.outputs import BaseModelOutputWithPastAndCrossAttentions
 from .attention import eager_attention, flash_attention, mask_value, scores_dtype, sdpa_attention
 from .cache import KVCache
-from .weights import GPT2PreTrainedModel
+from .pretrained import GPT2PreTrainedModel
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
