@@ -1,15 +1,12 @@
 """GenerationConfig: transformers' generation options, framework-free, shared by the three generate() functions.
 
-The PyTorch, TF and Flax ``generate()`` all start the same way: ``merge`` the model's GenerationConfig with the
-call's keyword arguments, ``resolve_lengths`` against the prompt and the position table, and stop on ``eos_ids``.
+What generate() does with them before any tensor exists (settings merge, lengths, eos / padding, the
+unsupported-options table, processor order, stop strings) is in decoding.py; the streamers in streamers.py.
 
->>> from gpt2.common.generation import GenerationConfig, merge, resolve_lengths
+>>> from gpt2.common.generation import GenerationConfig
 >>> gen = GenerationConfig.from_pretrained("gpt2")          # offline: derived from the preset's model config
 >>> gen.eos_token_id
 50256
->>> run = merge(gen, max_new_tokens=5, do_sample=True, top_k=10)
->>> resolve_lengths(run, input_length=8, max_positions=1024)
-(0, 13)
 """
 
 from __future__ import annotations
@@ -380,124 +377,14 @@ class GenerationConfig:
         return f"GenerationConfig {self.to_json_string(ignore_metadata=True)}"
 
 
-# -- helpers for the three generate() implementations ---------------------------------------------------------------
-def merge(config: GenerationConfig | None, **kwargs: Any) -> GenerationConfig:
-    """A validated copy of ``config`` (None: the defaults) with generate()'s keyword arguments applied.
-
-    Only fields are accepted: any other keyword raises TypeError naming it, so a typo or an option these generate()
-    implementations do not support never passes silently. The copy remembers which keywords were given (not None):
-    ``resolve_lengths`` needs to know whether max_length came from the call or from the config.
-
-    >>> merge(None, max_new_tokens=4, do_sample=True).max_new_tokens
-    4
-    """
-    base = GenerationConfig() if config is None else config
-    unknown = sorted(k for k in kwargs if k not in GENERATION_DEFAULTS)
-    if unknown:
-        raise TypeError(f"generate() got unexpected keyword argument(s) {', '.join(unknown)}: "
-                        f"not GenerationConfig fields")
-    out = base.copy()
-    out.update(**kwargs)
-    given = frozenset(k for k, v in kwargs.items() if v is not None)
-    out._generate_kwargs = frozenset(getattr(base, "_generate_kwargs", frozenset())) | given
-    return out
+# The helpers generate() shares moved to decoding.py; their old import path keeps working. Resolved lazily (PEP 562):
+# decoding.py imports GenerationConfig from here.
+_MOVED_TO_DECODING = ("merge", "eos_ids", "resolve_lengths", "StopStrings")
 
 
-def eos_ids(config: GenerationConfig) -> list[int]:
-    """The end-of-sequence ids as a list: [] for None, [id] for an int, the list itself otherwise."""
-    eos = config.eos_token_id
-    if eos is None:
-        return []
-    return [int(eos)] if _is_int(eos) else [int(i) for i in eos]
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_DECODING:
+        from . import decoding
 
-
-def resolve_lengths(config: GenerationConfig, input_length: int, max_positions: int | None) -> tuple[int, int]:
-    """``(min_total_length, max_total_length)``, prompt included, with transformers' precedence.
-
-    Maximum: ``input_length + max_new_tokens`` when max_new_tokens is set (it wins over max_length, with a warning
-    when both were given to generate()); otherwise max_length -- except that a max_length equal to the global default
-    (20) that was not given to generate() (see ``merge``) means 20 *new* tokens, capped at ``max_positions``, as in
-    transformers. Minimum: ``input_length + min_new_tokens`` when set, otherwise min_length.
-
-    Raises ValueError when the prompt already fills max_length (transformers' error), and when the maximum exceeds
-    ``max_positions`` (GPT-2 has no position embedding past n_positions; None: no limit). Warns when the minimum
-    exceeds the maximum (generation then stops at the maximum).
-
-    >>> resolve_lengths(GenerationConfig(), input_length=5, max_positions=1024)   # the default: 20 new tokens
-    (0, 25)
-    """
-    if not _is_int(input_length) or input_length < 0:
-        raise ValueError(f"resolve_lengths: input_length must be a non-negative integer, got {input_length!r}")
-    input_length = int(input_length)
-    given = getattr(config, "_generate_kwargs", frozenset())
-    default_max = GENERATION_DEFAULTS["max_length"]
-    if config.max_new_tokens is not None:
-        if "max_length" in given:
-            warnings.warn(f"both max_new_tokens (={config.max_new_tokens}) and max_length (={config.max_length}) "
-                          f"were given; max_new_tokens takes precedence", UserWarning, stacklevel=2)
-        source, max_total = "max_new_tokens", input_length + config.max_new_tokens
-    elif "max_length" not in given and config.max_length == default_max:
-        source, max_total = "max_length", input_length + default_max
-        if max_positions is not None:
-            max_total = min(max_total, max_positions)
-    else:
-        source, max_total = "max_length", config.max_length
-    if input_length >= max_total:
-        raise ValueError(
-            f"the input is {input_length} tokens long but max_length is {max_total}: nothing is left to generate; "
-            f"increase max_length or, better, set max_new_tokens"
-            + (f" (the model's n_positions is {max_positions})" if max_positions is not None else "")
-        )
-    if max_positions is not None and max_total > max_positions:
-        value = config.max_new_tokens if source == "max_new_tokens" else config.max_length
-        raise ValueError(
-            f"{source}={value} asks for sequences of {max_total} tokens (prompt included), but this GPT-2 has "
-            f"position embeddings for n_positions={max_positions} tokens only; lower {source}"
-        )
-    if config.min_new_tokens is not None:
-        min_total = input_length + config.min_new_tokens
-    else:
-        min_total = config.min_length
-    if min_total > max_total:
-        warnings.warn(f"unfeasible length constraints: the minimum length {min_total} is larger than the maximum "
-                      f"{max_total}; generation will stop at the maximum", UserWarning, stacklevel=2)
-    return min_total, max_total
-
-
-class StopStrings:
-    """transformers' stop_strings criterion, framework-free: a row stops when one of the strings occurs in the text of
-    its tokens and that occurrence ends inside the last token (so a string that was already there earlier, in the
-    prompt say, never stops a row again). The text of a token is what the tokenizer decodes for it alone, as
-    transformers' StopStringCriteria builds it.
-
-    >>> stop = StopStrings(["\\n\\n"], tokenizer)       # any object with decode(list_of_ids) -> str
-    >>> stop([[198, 198], [11, 198]])                  # the last tokens of each row, oldest first
-    [True, False]
-    """
-
-    def __init__(self, stop_strings, tokenizer) -> None:
-        strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
-        if not strings or not all(isinstance(s, str) and s for s in strings):
-            raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {stop_strings!r}")
-        if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
-            raise ValueError("stop_strings need the model's tokenizer: pass it to generate() as tokenizer=... "
-                             "(transformers' rule)")
-        self.strings, self.tokenizer = strings, tokenizer
-        self.window = max(len(s) for s in strings) + 1  # tokens to look at: each token is at least one character
-        self._texts: dict[int, str] = {}
-
-    def _text(self, token: int) -> str:
-        text = self._texts.get(token)
-        if text is None:
-            text = self._texts[token] = self.tokenizer.decode([token])
-        return text
-
-    def __call__(self, rows: list[list[int]]) -> list[bool]:
-        """``rows``: each row's last tokens (at least ``window`` of them when it has that many)."""
-        out = []
-        for row in rows:
-            texts = [self._text(t) for t in row[-self.window:]]
-            tail, last = "".join(texts), len(texts[-1]) if texts else 0
-            # An occurrence starting at or after this index ends after the last token's first character.
-            out.append(any(tail.find(s, max(0, len(tail) - last - len(s) + 1)) != -1 for s in self.strings))
-        return out
+        return getattr(decoding, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from .cache import KVCache
 from .logits_process import run_processors
 
 
-def check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length: int, streamer,
+def check_assistant(model, assistant, cfg, *, input_ids, attention_mask, max_length: int, streamer,
                     other_inputs: bool) -> None:
     """Refuse what assisted decoding does not do, naming it (``other_inputs``: inputs_embeds / token_type_ids)."""
     if other_inputs:
@@ -55,7 +55,7 @@ class _Runner:
         self.cache.crop(length)
 
 
-def assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_length: int):
+def assisted_greedy(model, assistant, input_ids, *, processors, cfg, stop, max_length: int):
     """The ids (1, T') of greedy decoding, computed with drafts from ``assistant``."""
     device, T = input_ids.device, input_ids.shape[1]
     ids = torch.empty((1, max_length), dtype=torch.long, device=device)
@@ -67,7 +67,7 @@ def assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_leng
     threshold = cfg.assistant_confidence_threshold
     while True:
         # The main model's token at ``cur`` (its logits are known): the first token of this round.
-        token = torch.argmax(run_processors(processors, ids[:, :cur], main_logits[-1:]), dim=-1)
+        token = torch.argmax(run_processors(processors, ids, cur, main_logits[-1:]), dim=-1)
         ids[:, cur] = token
         cur += 1
         if bool(stop(ids[:, :cur]).all()):
@@ -78,7 +78,7 @@ def assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_leng
         step_logits, drafted = draft.feed(ids[:, draft.cache.get_seq_length(): cur])[-1:], 0
         budget = min(n_draft, max_length - cur - 1)
         while drafted < budget:
-            scores = run_processors(processors, ids[:, :cur + drafted], step_logits)
+            scores = run_processors(processors, ids, cur + drafted, step_logits)
             ids[:, cur + drafted] = torch.argmax(scores, dim=-1)
             drafted += 1
             if threshold and float(F.softmax(scores, dim=-1).max()) < threshold:
@@ -89,7 +89,7 @@ def assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_leng
         main_logits = main.feed(ids[:, cur - 1: cur + drafted])  # (drafted + 1, V)
         accepted = 0
         while accepted < drafted:
-            scores = run_processors(processors, ids[:, :cur + accepted], main_logits[accepted: accepted + 1])
+            scores = run_processors(processors, ids, cur + accepted, main_logits[accepted: accepted + 1])
             if int(torch.argmax(scores, dim=-1)) != int(ids[0, cur + accepted]):
                 break
             accepted += 1

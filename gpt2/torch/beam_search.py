@@ -12,14 +12,19 @@ that sequences and sequences_scores come out the same.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
+from ..common.decoding import Plan, StepRecord
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput
-from .generation import Decoder, _append, _tuple
-from .stopping import Stop
 from .logits_process import run_processors
+from .stopping import Stop
+
+if TYPE_CHECKING:  # generation.py imports this module: the Decoder is only named here, never imported at run time
+    from .generation import Decoder
 
 NEG = -1.0e9  # transformers' "impossible" score
 
@@ -31,12 +36,12 @@ def _gather(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, indices, dim=1)
 
 
-def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: GenerationConfig, stop: Stop, pad,
-                eos: list[int], generator: torch.Generator | None = None):
+def beam_search(decoder: Decoder, input_ids: torch.Tensor, *, run: Plan, cfg: GenerationConfig, processors,
+                stop: Stop, generator: torch.Generator | None = None):
     """``input_ids`` (B * num_beams, T), each prompt repeated num_beams times. Returns the ids of the best
     num_return_sequences hypotheses per item (B * num_return_sequences, T'), or the output object."""
     num_beams, n_return, early_stopping = cfg.num_beams, cfg.num_return_sequences, cfg.early_stopping
-    length_penalty, max_length = cfg.length_penalty, stop.max_length
+    length_penalty, max_length, eos, pad = cfg.length_penalty, run.max_length, list(run.eos), run.pad
     V, device = decoder.model.config.vocab_size, input_ids.device
     BN, cur_len = input_ids.shape
     B, prompt_len = BN // num_beams, cur_len
@@ -54,17 +59,16 @@ def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: Gene
     can_improve = torch.ones((B, 1), dtype=torch.bool, device=device)
     running_beam_indices = torch.full((B, num_beams, max_length - cur_len), -1, dtype=torch.int32, device=device)
     beam_indices = running_beam_indices.clone()
-    record = cfg.return_dict_in_generate
-    scores, logits_out, attentions, hidden = ([] if record and flag else None for flag in (
-        cfg.output_scores, cfg.output_logits, cfg.output_attentions, cfg.output_hidden_states))
+    record = StepRecord(cfg)
     batch_offset = torch.arange(B, device=device).view(-1, 1) * num_beams
 
     while True:
-        flat = running_sequences[:, :, :cur_len].reshape(BN, cur_len)
-        logits = decoder(flat if cur_len == prompt_len else flat[:, -1:])
-        log_probs = run_processors(processors, flat[:, decoder.offset:], F.log_softmax(logits, dim=-1))
-        _append(scores, log_probs.clone() if scores is not None else None, logits_out, logits, attentions, hidden,
-                decoder.last_output)
+        flat = running_sequences.view(BN, max_length)  # the ids buffer: positions >= cur_len not written yet
+        logits = decoder(flat[:, :cur_len] if cur_len == prompt_len else flat[:, cur_len - 1: cur_len])
+        log_probs = run_processors(processors, flat[:, run.offset:], cur_len - run.offset,
+                                   F.log_softmax(logits, dim=-1))
+        record.add(scores=log_probs.clone() if record.scores is not None else None, logits=logits,
+                   output=decoder.last_output)
         log_probs = (log_probs.view(B, num_beams, V) + running_beam_scores[:, :, None]).reshape(B, num_beams * V)
 
         # The top K continuations over all beams (or K sampled without replacement).
@@ -79,7 +83,7 @@ def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: Gene
         topk_running_sequences[:, :, cur_len] = topk_indices % V
         topk_running_beam_indices[:, :, cur_len - prompt_len] = topk_beams + batch_offset
         hits = stop(topk_running_sequences[:, :, : cur_len + 1].reshape(B * keep, cur_len + 1),
-                    _tuple(scores)).view(B, keep)
+                    record.get("scores")).view(B, keep)
 
         # The best num_beams continuations that did not end keep running.
         topk_running_log_probs = topk_log_probs + hits.to(torch.float32) * NEG
@@ -120,9 +124,10 @@ def beam_search(decoder: Decoder, input_ids: torch.Tensor, processors, cfg: Gene
     beam_scores = beam_scores[:, :n_return].reshape(B * n_return)
     beam_indices = beam_indices[:, :n_return].reshape(B * n_return, -1)
     generated = int((beam_indices + 1).bool().sum(dim=1).max())  # beam_indices is -1 past each hypothesis' end
-    sequences, beam_indices = sequences[:, decoder.offset: prompt_len + generated], beam_indices[:, :generated]
-    if not record:
+    sequences, beam_indices = sequences[:, run.offset: prompt_len + generated], beam_indices[:, :generated]
+    if not cfg.return_dict_in_generate:
         return sequences
-    return GenerateBeamDecoderOnlyOutput(sequences, beam_scores if cfg.output_scores else None, _tuple(scores),
-                                         _tuple(logits_out), beam_indices, _tuple(attentions), _tuple(hidden),
-                                         decoder.cache)
+    return GenerateBeamDecoderOnlyOutput(
+        sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=record.get("scores"),
+        logits=record.get("logits"), beam_indices=beam_indices, attentions=record.get("attentions"),
+        hidden_states=record.get("hidden_states"), past_key_values=decoder.cache)

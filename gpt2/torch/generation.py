@@ -10,7 +10,9 @@
 
 The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
 with, how beams are scored and finalized -- are transformers 4.57's (``GenerationMixin._get_logits_processor``,
-``_sample``, ``_beam_search``); the options are the fields of ``gpt2.common.generation.GenerationConfig``.
+``_sample``, ``_beam_search``); the options are the fields of ``gpt2.common.generation.GenerationConfig``. What
+needs no tensors (settings merge, lengths, eos / padding, the unsupported options, the processors and their order)
+is decided in ``gpt2.common.decoding``, shared with the TF and Flax generate().
 What is ours is the plumbing: one static KV cache allocated for the whole run, logits of the last position only,
 ids written into a preallocated (B, max_length) tensor, ``torch.inference_mode``. docs/generation.md has the rest.
 """
@@ -24,13 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from ..common import loading
-from ..common.generation import (GENERATION_CONFIG_NAME, GENERATION_DEFAULTS, GenerationConfig, StopStrings, eos_ids,
-                                 merge, resolve_lengths)
+from ..common.decoding import (Plan, StepRecord, StopStrings, check_attention_mask, check_inputs_embeds,
+                               check_options, check_prompt, check_token_range, check_token_type_ids, merge_settings,
+                               plan, processor_specs)
+from ..common.generation import GENERATION_CONFIG_NAME, GenerationConfig
 from ..common.outputs import GenerateDecoderOnlyOutput
+from ..common.streamers import BaseStreamer
+from .beam_search import beam_search
 from .cache import KVCache
-from .logits_process import logits_processors, run_processors
+from .logits_process import build_processors, run_processors
 from .stopping import LateCheck, Stop, use_late_check
-from .streamers import BaseStreamer
 
 
 
@@ -40,7 +45,7 @@ class Decoder:
     extended by one per step, position ids from its cumsum as transformers' prepare_inputs_for_generation), logits
     of the last position only. ``decoder(ids)`` takes the prompt, then one token per row per call."""
 
-    def __init__(self, model, input_ids, attention_mask, max_length: int, output_attentions=False,
+    def __init__(self, model, input_ids, *, attention_mask, max_length: int, output_attentions=False,
                  output_hidden_states=False, fixed_step: tuple[str, dict | None, bool] | None = None,
                  inputs_embeds: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> None:
         B, T = input_ids.shape
@@ -182,11 +187,12 @@ class GenerationMixin:
             if input_ids is not None:
                 raise ValueError("give input_ids or inputs, not both")
             input_ids = kwargs.pop("inputs")
-        cfg = self._generation_settings(generation_config, kwargs)
+        cfg = merge_settings(self.generation_config, generation_config, **kwargs)
         with torch.inference_mode():
             hooks = _Hooks(logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
-            result = _generate(self, cfg, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
-                               inputs_embeds, token_type_ids, assistant_model)
+            result = _generate(self, cfg, input_ids=input_ids, attention_mask=attention_mask,
+                               inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, streamer=streamer,
+                               generator=generator, tokenizer=tokenizer, hooks=hooks, assistant=assistant_model)
         if isinstance(result, torch.Tensor):
             return result.clone()  # a normal tensor, not an inference tensor (those refuse in-place edits later)
         result.sequences = result.sequences.clone()
@@ -220,87 +226,42 @@ class GenerationMixin:
         return torch.where(valid, stacked[rows, steps, tokens], torch.zeros((), dtype=stacked.dtype,
                                                                             device=stacked.device))
 
-    def _generation_settings(self, generation_config, kwargs) -> GenerationConfig:
-        base = self.generation_config
-        if generation_config is not None:
-            if not isinstance(generation_config, GenerationConfig):
-                raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
-            # transformers >= 4.50: what the given config leaves at the global default comes from the model's own
-            data, model_data = generation_config.to_dict(), base.to_dict()
-            for key, default in GENERATION_DEFAULTS.items():
-                if data.get(key) == default and model_data.get(key) != default:
-                    data[key] = model_data[key]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                base = GenerationConfig.from_dict(data)
-            base._generate_kwargs = getattr(generation_config, "_generate_kwargs", frozenset())
-        return merge(base, **kwargs)
+
+def _describe(x) -> tuple[tuple | None, str]:
+    """(shape, dtype name) of a tensor for the request checks; (None, type name) for anything else."""
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape), str(x.dtype)
+    return None, type(x).__name__
 
 
-_CONTRASTIVE = ("contrastive, group-beam, constrained and guided decoding are not implemented; transformers 4.56+ "
-                "moved the first three to Hub code, which this package never runs")
-_UNSUPPORTED = {  # setting -> (is it asked for?, why not): a ValueError, never silently ignored
-    "penalty_alpha": (lambda v: v is not None and v > 0, _CONTRASTIVE),
-    "num_beam_groups": (lambda v: v != 1, _CONTRASTIVE),
-    "diversity_penalty": (lambda v: v not in (None, 0, 0.0), _CONTRASTIVE),
-    "force_words_ids": (lambda v: v is not None, _CONTRASTIVE),
-    "constraints": (lambda v: v is not None, _CONTRASTIVE),
-    "encoder_repetition_penalty": (lambda v: v not in (None, 1, 1.0), "GPT-2 has no encoder"),
-    "encoder_no_repeat_ngram_size": (lambda v: v not in (None, 0), "GPT-2 has no encoder"),
-    "guidance_scale": (lambda v: v not in (None, 1, 1.0), "classifier-free guidance is not implemented"),
-    "watermarking_config": (lambda v: v is not None, "watermarking is not implemented"),
-    "low_memory": (lambda v: bool(v), "the sequential beam search is not implemented"),
-    "token_healing": (lambda v: bool(v), "token healing is not implemented"),
-    "prompt_lookup_num_tokens": (lambda v: v is not None, "prompt-lookup decoding is not implemented"),
-    "dola_layers": (lambda v: v is not None, "DoLa decoding is not implemented"),
-    "cache_implementation": (lambda v: v not in (None, "static", "dynamic"),
-                             "only 'static' and 'dynamic' are, both run as one preallocated cache"),
-}
-
-
-def _check_request(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, inputs_embeds=None,
-                   token_type_ids=None):
-    """Validate at the boundary; returns (input_ids, attention_mask, token_type_ids), ids as long tensors on the
-    model's device (with inputs_embeds alone, input_ids is a placeholder of its (B, T): generate() never shows it)."""
-    for name, (asked, why) in _UNSUPPORTED.items():
-        if asked(getattr(cfg, name, None)):
-            raise ValueError(f"generate(): {name}={getattr(cfg, name)!r} is not supported ({why})")
-    if streamer is not None and cfg.num_beams > 1:
-        raise ValueError("streamer cannot be used with beam search (transformers' rule): set num_beams=1")
+def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, inputs_embeds, token_type_ids,
+                   streamer, hooks, assistant):
+    """Validate at the boundary (the rules are common/decoding.py's); returns (input_ids, attention_mask,
+    token_type_ids), ids as long tensors on the model's device (with inputs_embeds alone, input_ids is a placeholder
+    of its (B, T): generate() never shows it)."""
+    check_options(cfg, framework="torch", streamer=streamer, assistant_model=assistant,
+                  stopping_criteria=hooks.criteria, prefix_allowed_tokens_fn=hooks.prefix_fn)
     device, V = model.device, model.config.vocab_size
     if inputs_embeds is not None:
-        C = model.config.n_embd
-        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != C \
-                or not inputs_embeds.dtype.is_floating_point or 0 in inputs_embeds.shape:
-            raise ValueError(f"inputs_embeds must be a float tensor (batch, length, {C}), got "
-                             f"{getattr(inputs_embeds, 'dtype', type(inputs_embeds).__name__)} of shape "
-                             f"{tuple(getattr(inputs_embeds, 'shape', ()))}")
-        if input_ids is not None:
-            raise ValueError("give input_ids or inputs_embeds to generate(), not both")
+        shape, dtype = _describe(inputs_embeds)
+        check_inputs_embeds(shape=shape, dtype=dtype, n_embd=model.config.n_embd, with_input_ids=input_ids is not None,
+                            floating=isinstance(inputs_embeds, torch.Tensor) and inputs_embeds.dtype.is_floating_point)
         input_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=device)
     if input_ids is None:
         if cfg.bos_token_id is None:
             raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
         input_ids = torch.full((1, 1), cfg.bos_token_id, dtype=torch.long, device=device)
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point \
-            or input_ids.dtype.is_complex or input_ids.dtype == torch.bool or 0 in input_ids.shape:
-        raise ValueError(f"input_ids must be a non-empty 2-D integer tensor (batch, length), got "
-                         f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} of shape "
-                         f"{tuple(getattr(input_ids, 'shape', ()))}")
-    if int(input_ids.min()) < 0 or int(input_ids.max()) >= V:
-        raise ValueError(f"input_ids must be token ids in 0..{V - 1}, got values {int(input_ids.min())}.."
-                         f"{int(input_ids.max())}")
+    shape, dtype = _describe(input_ids)
+    check_prompt(shape=shape or (), dtype=dtype, integer=isinstance(input_ids, torch.Tensor) and not (
+        input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool))
+    check_token_range(low=int(input_ids.min()), high=int(input_ids.max()), vocab_size=V)
     if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(f"attention_mask must be a tensor of the shape of input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(getattr(attention_mask, 'shape', ()))}")
-        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
-            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        mask_shape, _ = _describe(attention_mask)
+        check_attention_mask(shape=mask_shape, ids_shape=shape, binary=mask_shape == shape and not bool(
+            ((attention_mask != 0) & (attention_mask != 1)).any()))
         attention_mask = attention_mask.to(device=device, dtype=torch.long)
     if token_type_ids is not None:
-        if not isinstance(token_type_ids, torch.Tensor) or tuple(token_type_ids.shape) != tuple(input_ids.shape):
-            raise ValueError(f"token_type_ids must be a tensor of the prompt's shape {tuple(input_ids.shape)}, got "
-                             f"{tuple(getattr(token_type_ids, 'shape', ()))}")
+        check_token_type_ids(shape=_describe(token_type_ids)[0], ids_shape=shape)
         token_type_ids = token_type_ids.to(device=device, dtype=torch.long)  # the model checks the range
     return input_ids.to(device=device, dtype=torch.long), attention_mask, token_type_ids
 
@@ -319,87 +280,84 @@ class _Hooks:
         self.prefix_fn = prefix_allowed_tokens_fn
 
 
-def _generate(model, cfg: GenerationConfig, input_ids, attention_mask, streamer, generator, tokenizer, hooks,
-              inputs_embeds=None, token_type_ids=None, assistant=None):
-    input_ids, attention_mask, token_type_ids = _check_request(model, cfg, input_ids, attention_mask, streamer,
-                                                               inputs_embeds, token_type_ids)
+def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, inputs_embeds, token_type_ids, streamer,
+              generator, tokenizer, hooks: _Hooks, assistant):
+    input_ids, attention_mask, token_type_ids = _check_request(
+        model, cfg, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+        token_type_ids=token_type_ids, streamer=streamer, hooks=hooks, assistant=assistant)
     if inputs_embeds is not None:
         inputs_embeds = inputs_embeds.to(device=model.device, dtype=model.dtype)
     stop_strings = StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings is not None else None
     V, device = model.config.vocab_size, input_ids.device
-    eos, pad = eos_ids(cfg), cfg.pad_token_id
-    if pad is None and eos:
-        warnings.warn(f"pad_token_id is not set: finished rows are padded with eos_token_id {eos[0]} (as transformers"
-                      f" does){'' if attention_mask is not None else '; pass attention_mask for padded batches'}",
-                      UserWarning, stacklevel=3)
-        pad = eos[0]
-    if pad is not None and pad >= V and any(i < V for i in eos):
-        raise ValueError(f"pad_token_id={pad} is outside the vocabulary (0..{V - 1}) but rows can finish")
-    if attention_mask is None and inputs_embeds is None and pad is not None and pad not in eos \
-            and bool((input_ids == pad).any()):
+    run = plan(cfg, input_length=input_ids.shape[1], max_positions=model.config.n_positions, vocab_size=V,
+               has_attention_mask=attention_mask is not None, from_embeds=inputs_embeds is not None)
+    pad = run.pad
+    if run.may_infer_mask(has_attention_mask=attention_mask is not None) and bool((input_ids == pad).any()):
         attention_mask = (input_ids != pad).long()  # transformers infers the mask from the padding
     if inputs_embeds is None and pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
         warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
                       stacklevel=3)
-    expand = max(cfg.num_beams, cfg.num_return_sequences)
-    if expand > 1:
-        input_ids = input_ids.repeat_interleave(expand, dim=0)
-        attention_mask = attention_mask.repeat_interleave(expand, dim=0) if attention_mask is not None else None
-        inputs_embeds = inputs_embeds.repeat_interleave(expand, dim=0) if inputs_embeds is not None else None
-        token_type_ids = token_type_ids.repeat_interleave(expand, dim=0) if token_type_ids is not None else None
-    B, T = input_ids.shape
-    min_length, max_length = resolve_lengths(cfg, T, model.config.n_positions)
-    offset = T if inputs_embeds is not None else 0  # processors and criteria see the ids from here on
-    processors = logits_processors(cfg, V, T - offset, max(min_length - offset, 0), max_length - offset, eos, device,
-                                   hooks.processors, hooks.prefix_fn)
-    stop = Stop(eos, max_length, cfg.max_time, device, stop_strings, hooks.criteria, offset)
+    if run.rows_per_prompt > 1:
+        input_ids, attention_mask, inputs_embeds, token_type_ids = (
+            x.repeat_interleave(run.rows_per_prompt, dim=0) if x is not None else None
+            for x in (input_ids, attention_mask, inputs_embeds, token_type_ids))
+    specs = processor_specs(cfg, run, vocab_size=V, has_prefix_fn=hooks.prefix_fn is not None)
+    processors = build_processors(specs, vocab_size=V, device=device, custom=hooks.processors,
+                                  prefix_fn=hooks.prefix_fn)
+    stop = Stop(eos=list(run.eos), max_length=run.max_length, max_time=cfg.max_time, device=device,
+                stop_strings=stop_strings, criteria=hooks.criteria, offset=run.offset)
     if assistant is not None:
         from .assisted import assisted_greedy, check_assistant
 
-        check_assistant(model, assistant, cfg, input_ids, attention_mask, max_length, streamer,
-                        inputs_embeds is not None or token_type_ids is not None)
-        return assisted_greedy(model, assistant, input_ids, processors, cfg, stop, max_length)
+        check_assistant(model, assistant, cfg, input_ids=input_ids, attention_mask=attention_mask,
+                        max_length=run.max_length, streamer=streamer,
+                        other_inputs=inputs_embeds is not None or token_type_ids is not None)
+        return assisted_greedy(model, assistant, input_ids, processors=processors, cfg=cfg, stop=stop,
+                               max_length=run.max_length)
     record = cfg.return_dict_in_generate
     fixed = _fixed_step(model, cfg, device) if token_type_ids is None else None  # the fixed step has no types
-    decoder = Decoder(model, input_ids, attention_mask, max_length, record and cfg.output_attentions,
-                      record and cfg.output_hidden_states, fixed, inputs_embeds, token_type_ids)
+    decoder = Decoder(model, input_ids, attention_mask=attention_mask, max_length=run.max_length,
+                      output_attentions=record and cfg.output_attentions,
+                      output_hidden_states=record and cfg.output_hidden_states, fixed_step=fixed,
+                      inputs_embeds=inputs_embeds, token_type_ids=token_type_ids)
     try:
         if cfg.num_beams > 1:
-            from .beam_search import beam_search
-
-            return beam_search(decoder, input_ids, processors, cfg, stop, pad, eos, generator)
-        return _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, streamer, max_length)
+            return beam_search(decoder, input_ids, run=run, cfg=cfg, processors=processors, stop=stop,
+                               generator=generator)
+        return _sample(decoder, input_ids, run=run, cfg=cfg, processors=processors, stop=stop, generator=generator,
+                       streamer=streamer)
     finally:
         decoder.close()
 
 
-def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, streamer, max_length):
+def _sample(decoder: Decoder, input_ids, *, run: Plan, cfg: GenerationConfig, processors, stop: Stop, generator,
+            streamer):
     """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step."""
-    (B, T), device, record = input_ids.shape, input_ids.device, cfg.return_dict_in_generate
-    start = decoder.offset  # 0, or T with inputs_embeds: what processors, criteria and the caller see
+    (B, T), device, max_length = input_ids.shape, input_ids.device, run.max_length
+    start = run.offset  # 0, or T with inputs_embeds: what processors, criteria and the caller see
     if streamer is not None:
         streamer.put(input_ids[:, start:].cpu())
     ids = torch.empty((B, max_length), dtype=torch.long, device=device)  # the output, filled in place
     ids[:, :T] = input_ids
+    seen = ids[:, start:]  # the buffer processors read, below their ``length``
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
-    scores, logits, attentions, hidden = ([] if record and flag else None for flag in (
-        cfg.output_scores, cfg.output_logits, cfg.output_attentions, cfg.output_hidden_states))
-    late = LateCheck(device) if use_late_check(device, streamer, record, stop) else None
+    record = StepRecord(cfg)
+    late = LateCheck(device) if use_late_check(device, streamer, cfg.return_dict_in_generate, stop) else None
     cur, next_logits = T, decoder(input_ids)
     while True:
-        next_scores = run_processors(processors, ids[:, start:cur], next_logits)
-        _append(scores, next_scores, logits, next_logits, attentions, hidden, decoder.last_output)
+        next_scores = run_processors(processors, seen, cur - start, next_logits)
+        record.add(scores=next_scores, logits=next_logits, output=decoder.last_output)
         if cfg.do_sample:
             next_tokens = torch.multinomial(F.softmax(next_scores, dim=-1), 1, generator=generator).squeeze(1)
         else:
             next_tokens = torch.argmax(next_scores, dim=-1)
-        if eos:  # finished rows get padding
-            next_tokens = torch.where(unfinished, next_tokens, pad)
+        if run.eos:  # finished rows get padding
+            next_tokens = torch.where(unfinished, next_tokens, run.pad)
         ids[:, cur] = next_tokens
         cur += 1
         if streamer is not None:
             streamer.put(next_tokens.cpu())
-        unfinished &= ~stop(ids[:, :cur], _tuple(scores))
+        unfinished &= ~stop(ids[:, :cur], record.get("scores"))
         done_at = late.done() if late is not None else None
         if done_at is not None:  # every row had finished one step ago: drop this step's token
             cur = done_at
@@ -414,18 +372,21 @@ def _sample(decoder, input_ids, processors, cfg, stop, pad, eos, generator, stre
         next_logits = decoder(next_tokens[:, None])
     if streamer is not None:
         streamer.end()
-    if not record:
+    if not cfg.return_dict_in_generate:
         return ids[:, start:cur]
-    return GenerateDecoderOnlyOutput(ids[:, start:cur], _tuple(scores), _tuple(logits), _tuple(attentions),
-                                     _tuple(hidden), decoder.cache)
+    return GenerateDecoderOnlyOutput(sequences=ids[:, start:cur], scores=record.get("scores"),
+                                     logits=record.get("logits"), attentions=record.get("attentions"),
+                                     hidden_states=record.get("hidden_states"), past_key_values=decoder.cache)
 
 
 def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:
     """How to run the decoding steps (compiled.py): ("compile", torch.compile options, keep) when compile_config is
-    given, ("cuda_graph", None, keep) on a CUDA device unless disable_compile, else None (the eager step). ``keep``:
-    the step and its cache may stay on the model for the next call -- not when the cache is returned to the caller
-    (return_dict_in_generate), who must not see it overwritten later."""
-    wanted = cfg.compile_config is not None or device.type == "cuda"
+    given, ("cuda_graph", None, keep) on a CUDA device, ("fixed", None, False) on the CPU (the same step run as it
+    is: no host checks, mask building or cache slicing per token; nothing to capture, so nothing worth keeping),
+    unless disable_compile; else None (the eager step). ``keep``: the step and its cache may stay on the model for
+    the next call -- not when the cache is returned to the caller (return_dict_in_generate), who must not see it
+    overwritten later."""
+    wanted = cfg.compile_config is not None or device.type in ("cuda", "cpu")
     if cfg.disable_compile or not wanted:
         return None
     if model.training or (cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states)):
@@ -434,18 +395,7 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None,
         from .compiled import compile_options
 
         return "compile", compile_options(cfg.compile_config), not cfg.return_dict_in_generate
+    if device.type == "cpu":
+        return "fixed", None, False
     return "cuda_graph", None, not cfg.return_dict_in_generate
 
-
-def _append(scores, step_scores, logits, step_logits, attentions, hidden, out) -> None:
-    for store, value in ((scores, step_scores), (logits, step_logits)):
-        if store is not None:
-            store.append(value)
-    if attentions is not None:
-        attentions.append(out.attentions)
-    if hidden is not None:
-        hidden.append(out.hidden_states)
-
-
-def _tuple(values):
-    return None if values is None else tuple(values)

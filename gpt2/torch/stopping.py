@@ -10,10 +10,10 @@ import torch
 
 
 class Stop:
-    """transformers' stopping criteria: max_length, eos as the last token, max_time, stop strings (common/generation.py
+    """transformers' stopping criteria: max_length, eos as the last token, max_time, stop strings (common/decoding.py
     StopStrings, on the host), then the caller's ``criteria``. Returns done rows (bool)."""
 
-    def __init__(self, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None,
+    def __init__(self, *, eos: list[int], max_length: int, max_time: float | None, device, stop_strings=None,
                  criteria=(), offset: int = 0) -> None:
         self.eos = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
         self.max_length, self.max_time, self.start = max_length, max_time, time.time()
