@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 
-# Additive mask value for masked attention scores. Finite on purpose: with -inf a fully masked row (a left-padding
-# query, or a query that sees only padding) softmaxes to NaN, which then leaks into every later layer through the
-# residual stream. transformers uses torch.finfo(dtype).min for the same reason; a per-dtype minimum is chosen by
-# each framework from this policy.
+# The mask rule (attention_bias below is its reference; every framework's mask builder is tested against it).
+# Masked scores get the most negative FINITE value of the scores' dtype (torch.finfo(dtype).min, tf's dtype.min,
+# jnp.finfo(dtype).min), never -inf: with -inf a fully masked row (a left-padding query, or a query that sees only
+# padding) softmaxes to NaN, which then leaks into every later layer through the residual stream.
 #
 # "The dtype" is the dtype of the SCORES the mask is added to, not of the activations: under
 # reorder_and_upcast_attn the scores are fp32, and fp16's minimum (-65504) is then an ordinary number next to
 # scores of 1e5, so a future token would leak into earlier positions. Padding keys get half the value, so that a
 # padding query (all its visible keys padding) still ranks its padding keys above the future ones and stays causal.
-MASK_VALUE_POLICY = "dtype_min"
-
+#
 # GPT-2 was trained with the tanh approximation of GELU (OpenAI gpt-2/src/model.py: 0.5*x*(1+tanh(sqrt(2/pi)*(x +
-# 0.044715*x^3)))). torch.nn.GELU() defaults to the exact erf form, so each framework must ask for tanh explicitly.
-GELU_TANH_COEFF = 0.044715
+# 0.044715*x^3)))). torch.nn.GELU() defaults to the exact erf form, so each framework asks for tanh explicitly.
+#
+# LayerNorm epsilon comes from config.layer_norm_epsilon (1e-5 for every GPT-2 checkpoint). Framework defaults
+# differ (torch 1e-5, Flax 1e-6, Keras 1e-3), so each framework passes the config value explicitly.
 
 # Activation names accepted in GPT2Config.activation_function, as transformers spells them. Every framework
 # implements each of these; the config rejects anything else up front instead of failing deep inside a model.
@@ -37,10 +38,6 @@ ACTIVATIONS = {
     "sigmoid": "sigmoid(x)",
     "linear": "identity",
 }
-
-# LayerNorm epsilon comes from config.layer_norm_epsilon (1e-5 for every GPT-2 checkpoint). Framework defaults
-# differ (torch 1e-5, Flax 1e-6, Keras 1e-3), so each framework passes the config value explicitly.
-DEFAULT_LAYER_NORM_EPSILON = 1e-5
 
 
 def _finfo(dtype):

@@ -19,7 +19,7 @@ from ..common.outputs import (
     TokenClassifierOutput,
 )
 from .generation import GenerationMixin
-from .model import GPT2Model
+from .model import GPT2Model, identity
 from .pretrained import GPT2PreTrainedModel
 
 IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention)
@@ -79,7 +79,7 @@ class SequenceSummary(nn.Module):
         if config.summary_use_proj:
             out = config.num_labels if config.summary_proj_to_labels and config.num_labels > 0 else config.n_embd
             self.summary = nn.Linear(config.n_embd, out)
-        self.activation = torch.tanh if config.summary_activation == "tanh" else (lambda x: x)
+        self.activation = torch.tanh if config.summary_activation == "tanh" else identity  # no lambda: it pickles
         self.first_dropout = nn.Dropout(config.summary_first_dropout)
         self.last_dropout = nn.Dropout(getattr(config, "summary_last_dropout", 0.0) or 0.0)
 

@@ -2,6 +2,7 @@
 
 Attribute paths are the checkpoint names (``wte``, ``wpe``, ``h[i].ln_1``, ``h[i].attn.c_attn``, ...). Projections
 are ``nn.Linear`` (weight [out, in]); checkpoints store HF Conv1D weights [in, out], so weights.py transposes them.
+In memory the projections and ``wte`` (the tied lm_head) keep the checkpoints' order, [in, out] (``_in_out``).
 
 >>> from gpt2.torch import GPT2Model
 >>> model = GPT2Model.from_pretrained("my-gpt2")        # any checkpoint format
@@ -49,6 +50,17 @@ def activation(name: str):
     return ACTIVATION_FUNCTIONS[name]
 
 
+def _in_out(layer: nn.Module) -> nn.Module:
+    """``layer`` (nn.Linear or the token table) with its weight's shape unchanged, [out, in], but its memory in
+    [in, out] order (column-major), as GPT-2's checkpoints store it. Decoding multiplies one row x (1, in) by every
+    matrix, and ``x @ W`` over [in, out] memory streams the weight with vector adds, where [out, in] rows need one
+    dot product each: on the CPU the whole step's matrices take ~1.4x longer in [out, in] order
+    (benchmarks/RESULTS.md, "the floor"). Larger products (prefill, training) run at the same speed either way;
+    .to(), to_empty(), copies, pickles and loading (param.copy_) keep the layout."""
+    layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t(), requires_grad=layer.weight.requires_grad)
+    return layer
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (or cross-attention: queries from x, keys/values from the encoder)."""
 
@@ -58,11 +70,11 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = config.n_head, C // config.n_head
         self.layer_idx, self.is_cross_attention = layer_idx, is_cross_attention
         if is_cross_attention:
-            self.c_attn = nn.Linear(C, 2 * C)  # keys and values, from the encoder
-            self.q_attn = nn.Linear(C, C)
+            self.c_attn = _in_out(nn.Linear(C, 2 * C))  # keys and values, from the encoder
+            self.q_attn = _in_out(nn.Linear(C, C))
         else:
-            self.c_attn = nn.Linear(C, 3 * C)
-        self.c_proj = nn.Linear(C, C)
+            self.c_attn = _in_out(nn.Linear(C, 3 * C))
+        self.c_proj = _in_out(nn.Linear(C, C))
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
         self.scale = (1 / math.sqrt(self.head_dim) if config.scale_attn_weights else 1.0) / (
@@ -114,8 +126,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.inner_dim)
-        self.c_proj = nn.Linear(config.inner_dim, config.n_embd)
+        self.c_fc = _in_out(nn.Linear(config.n_embd, config.inner_dim))
+        self.c_proj = _in_out(nn.Linear(config.inner_dim, config.n_embd))
         self.act = activation(config.activation_function)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
@@ -167,7 +179,7 @@ class GPT2Model(GPT2PreTrainedModel):
     def __init__(self, config, attn_implementation: str | None = None) -> None:
         super().__init__(config)
         C = config.n_embd
-        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wte = _in_out(nn.Embedding(config.vocab_size, C))  # read as the tied lm_head's matrix when decoding
         self.wpe = nn.Embedding(config.n_positions, C)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
