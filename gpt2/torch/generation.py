@@ -381,12 +381,10 @@ def _sample(decoder: Decoder, input_ids, *, run: Plan, cfg: GenerationConfig, pr
 
 def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:
     """How to run the decoding steps (compiled.py): ("compile", torch.compile options, keep) when compile_config is
-    given, ("cuda_graph", None, keep) on a CUDA device, ("fixed", None, False) on the CPU (the same step run as it
-    is: no host checks, mask building or cache slicing per token; nothing to capture, so nothing worth keeping),
-    unless disable_compile; else None (the eager step). ``keep``: the step and its cache may stay on the model for
-    the next call -- not when the cache is returned to the caller (return_dict_in_generate), who must not see it
-    overwritten later."""
-    wanted = cfg.compile_config is not None or device.type in ("cuda", "cpu")
+    given, ("cuda_graph", None, keep) on a CUDA device unless disable_compile, else None (the eager step). ``keep``:
+    the step and its cache may stay on the model for the next call -- not when the cache is returned to the caller
+    (return_dict_in_generate), who must not see it overwritten later."""
+    wanted = cfg.compile_config is not None or device.type == "cuda"
     if cfg.disable_compile or not wanted:
         return None
     if model.training or (cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states)):
@@ -395,7 +393,4 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None,
         from .compiled import compile_options
 
         return "compile", compile_options(cfg.compile_config), not cfg.return_dict_in_generate
-    if device.type == "cpu":
-        return "fixed", None, False
     return "cuda_graph", None, not cfg.return_dict_in_generate
-
