@@ -4,9 +4,12 @@ Measured (median of --repeats runs after a warm-up, same random weights loaded i
 - prefill: forward of a (4, 512) batch, no grad;
 - train step: forward + backward + AdamW step on a (4, 256) batch with labels;
 - decode: greedy generate() of 64 new tokens after a 32-token prompt, batch 1, in ms per new token, against the
-  memory-bandwidth floor (weight bytes read per token / measured read bandwidth); ours also with compile_config={}
-  (torch.compile of the fixed-shape decoding step; its first call, the compilation, is reported apart); and both
-  with assistant_model = their own first 2 layers (assisted greedy decoding: the same tokens, fewer full forwards).
+  matvec floor measured in the same run: ``x @ W`` (x of one row) over every weight matrix of the model (each
+  block's c_attn, attn.c_proj, c_fc, mlp.c_proj and the lm_head), [in, out] contiguous -- what one decoding step
+  must at least do. Ours by default (the fixed-shape step, run eagerly on the CPU), with disable_compile=True (the
+  eager step: GPT2Model.forward per token) and with compile_config={} (torch.compile of the fixed step; its first
+  call, the compilation, is reported apart); both with assistant_model = their own first 2 layers (assisted greedy
+  decoding: the same tokens, fewer full forwards).
 
 Run:  .venv/bin/python benchmarks/bench_torch.py [--repeats 5] [--threads 2] [--small] [--json out.json]
 """
@@ -39,12 +42,18 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def read_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Bytes per second of a streaming read (a sum over 1 GiB with torch's threads): the floor for decoding,
-    which must read every weight once per token."""
-    a = torch.ones(nbytes // 4, dtype=torch.float32)
-    best = min(timed(lambda: a.sum(), 1) for _ in range(5))
-    return nbytes / best
+def matvec_floor(model, repeats: int = 20) -> float:
+    """Seconds for ``x @ W`` over every weight matrix of ``model`` (an LM-head model), x one row: a decoding step
+    reads every weight once, and a matrix-vector product is the least it can do with each."""
+    matrices = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = [torch.randn(1, w.shape[0]) for w in matrices]
+
+    def products():
+        with torch.inference_mode():
+            for x, w in zip(rows, matrices):
+                x @ w
+
+    return timed(products, repeats)
 
 
 def main() -> int:
@@ -104,14 +113,20 @@ def main() -> int:
                                      pad_token_id=50256, **extra)
             assert out.shape[1] == 32 + new
 
-        a = timed(lambda: decode(ours), max(1, args.repeats // 2)) / new * 1e3
-        b = timed(lambda: decode(theirs), max(1, args.repeats // 2)) / new * 1e3
+        floors = [matvec_floor(ours)]
+        a = timed(lambda: decode(ours), args.repeats) / new * 1e3
+        b = timed(lambda: decode(theirs), args.repeats) / new * 1e3
         rows.append(("decode ms/token (1x32 + %d greedy)" % new, a, b))
+        floors.append(matvec_floor(ours))
+        e = timed(lambda: decode(ours, disable_compile=True), args.repeats) / new * 1e3
+        rows.append(("decode ms/token, ours with disable_compile=True (the eager step)", e, b))
         start = time.perf_counter()
         decode(ours, compile_config={})  # torch.compile of the fixed-shape step (gpt2/torch/compiled.py)
         compile_seconds = time.perf_counter() - start
-        c = timed(lambda: decode(ours, compile_config={}), max(1, args.repeats // 2)) / new * 1e3
+        c = timed(lambda: decode(ours, compile_config={}), args.repeats) / new * 1e3
         rows.append(("decode ms/token, ours with compile_config={} (first call %.1f s)" % compile_seconds, c, b))
+        floors.append(matvec_floor(ours))
+        floor = statistics.median(floors) * 1e3
         # Assisted greedy decoding, same tokens: the assistant is each model's own first 2 layers (with random
         # weights the later layers change the argmax little, so drafts are often accepted).
         import copy
@@ -127,10 +142,8 @@ def main() -> int:
             same = ours.generate(prompt, assistant_model=drafts[0], **plain)
             assert torch.equal(same, ours.generate(prompt, **plain))
         d = timed(lambda: ours.generate(prompt, assistant_model=drafts[0], **plain), max(1, args.repeats // 2))
-        e = timed(lambda: theirs.generate(prompt, assistant_model=drafts[1], **plain), max(1, args.repeats // 2))
-        rows.append(("decode ms/token, assistant_model = first 2 layers (both)", d / new * 1e3, e / new * 1e3))
-        weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-        floor = weight_bytes / read_bandwidth() * 1e3
+        f = timed(lambda: theirs.generate(prompt, assistant_model=drafts[1], **plain), max(1, args.repeats // 2))
+        rows.append(("decode ms/token, assistant_model = first 2 layers (both)", d / new * 1e3, f / new * 1e3))
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads\n")
     print("| measure | ours | transformers | ours / transformers |")
@@ -138,7 +151,11 @@ def main() -> int:
     for name, a, b in rows:
         print(f"| {name} | {a:.4f} | {b:.4f} | {a / b:.2f} |")
     if floor is not None:
-        print(f"\nmemory-bandwidth floor for decoding: {floor:.2f} ms/token (weights / measured read bandwidth)")
+        print(f"\nmatvec floor for decoding (x @ W over every weight matrix, median of {len(floors)} measures in "
+              f"this run: {', '.join(f'{t * 1e3:.2f}' for t in floors)}): {floor:.2f} ms/token")
+        print("| decode | ours / floor | transformers / floor |\n|---|---|---|")
+        for name, a, b in rows[2:]:
+            print(f"| {name} | {a / floor:.2f} | {b / floor:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "floor_ms": floor}, f, indent=2)

@@ -7,10 +7,13 @@ attends over the whole buffer, the positions not yet written (and left padding) 
 caller opens one column per token. Masked columns weigh exactly 0 after the softmax, so the logits equal the eager
 step's up to float summation order; generate() is token for token the same (tests/torch/test_compiled.py).
 
-When generate() uses it (docs/generation.md): on a CUDA device by default, as a CUDA graph kept for the next call
-of the same shape (``disable_compile=True`` turns it off); on any device with ``compile_config=...``
-(transformers' CompileConfig fields: fullgraph, dynamic, backend, mode, options), through torch.compile. Never with output_attentions /
-output_hidden_states, head masks or dropout (training mode): those take the eager step.
+It is the trunk's own code (GPT2Model.embed and GPT2Model.core, the Block and Attention of model.py): only the
+boundary differs, and the cache's write rule (KVCache.at). When generate() uses it (generation._fixed_step,
+docs/generation.md): by default on a CUDA device, as a CUDA graph kept for the next call of the same shape, and on
+the CPU, run as it is ("fixed": per token it skips forward's host checks, mask building and cache slicing); on any
+device with ``compile_config=...`` (transformers' CompileConfig fields: fullgraph, dynamic, backend, mode,
+options), through torch.compile. ``disable_compile=True`` turns it off. Never with output_attentions /
+output_hidden_states, token types or dropout (training mode): those take the eager step.
 """
 
 from __future__ import annotations

@@ -61,8 +61,9 @@ class Decoder:
         else:  # a cache rounded up to 64 positions: fewer shapes, so fewer captures and recompilations
             from .compiled import FixedStep
 
-            capacity = min(c.n_positions, -(-max_length // 64) * 64)
             how, options, keep = fixed_step
+            # run as it is ("fixed"), the step has nothing to capture or compile: its cache is sized exactly
+            capacity = max_length if how == "fixed" else min(c.n_positions, -(-max_length // 64) * 64)
             self.fixed = FixedStep.for_run(model, B, capacity, device, how, options, keep)
             self.cache = self.fixed.cache
         self.kwargs = dict(use_cache=True, return_dict=True, output_attentions=output_attentions,
@@ -381,10 +382,12 @@ def _sample(decoder: Decoder, input_ids, *, run: Plan, cfg: GenerationConfig, pr
 
 def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:
     """How to run the decoding steps (compiled.py): ("compile", torch.compile options, keep) when compile_config is
-    given, ("cuda_graph", None, keep) on a CUDA device unless disable_compile, else None (the eager step). ``keep``:
-    the step and its cache may stay on the model for the next call -- not when the cache is returned to the caller
-    (return_dict_in_generate), who must not see it overwritten later."""
-    wanted = cfg.compile_config is not None or device.type == "cuda"
+    given, ("cuda_graph", None, keep) on a CUDA device, ("fixed", None, False) on the CPU (the same step run as it
+    is: no host checks, mask building or cache slicing per token; nothing to capture, so nothing worth keeping),
+    unless disable_compile; else None (the eager step). ``keep``: the step and its cache may stay on the model for
+    the next call -- not when the cache is returned to the caller (return_dict_in_generate), who must not see it
+    overwritten later."""
+    wanted = cfg.compile_config is not None or device.type in ("cuda", "cpu")
     if cfg.disable_compile or not wanted:
         return None
     if model.training or (cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states)):
@@ -393,4 +396,6 @@ def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None,
         from .compiled import compile_options
 
         return "compile", compile_options(cfg.compile_config), not cfg.return_dict_in_generate
+    if device.type == "cpu":
+        return "fixed", None, False
     return "cuda_graph", None, not cfg.return_dict_in_generate

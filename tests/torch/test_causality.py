@@ -166,13 +166,13 @@ def test_fixed_decoding_step_masks_in_the_scores_dtype(monkeypatch):
     ids = torch.randint(0, CONFIG["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(2))
     mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
 
-    def run():
+    def run(**kwargs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return model.generate(ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0,
-                                  return_dict_in_generate=True, output_logits=True)
+                                  return_dict_in_generate=True, output_logits=True, **kwargs)
 
-    eager = run()
+    eager = run(disable_compile=True)
     monkeypatch.setattr(generation, "_fixed_step", lambda model, cfg, device: ("fixed", None, False))
     fixed = run()
     assert torch.equal(fixed.sequences, eager.sequences)

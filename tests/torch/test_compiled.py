@@ -1,7 +1,8 @@
 """The fixed-shape decoding step (gpt2/torch/compiled.py) behind generate()'s CUDA graphs and compile_config.
 
-On the CPU the step runs as it is ("fixed") and through torch.compile; tests/torch/test_cuda.py runs the CUDA graph.
-Each must give generate()'s eager tokens (and logits within float summation order).
+On the CPU the step runs as it is ("fixed", generate()'s default there) and through torch.compile;
+tests/torch/test_cuda.py runs the CUDA graph. Each must give the eager step's tokens (disable_compile=True), and
+logits within float summation order.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def run(m, **kwargs):
 def test_fixed_step_equals_eager_greedy(flags, seed, monkeypatch):
     m = model(seed, **flags)
     kwargs = dict(return_dict_in_generate=True, output_logits=True)
-    eager = run(m, **kwargs)
+    eager = run(m, disable_compile=True, **kwargs)
     import gpt2.torch.generation as generation
 
     monkeypatch.setattr(generation, "_fixed_step", lambda model, cfg, device: ("fixed", None, False))
@@ -98,7 +99,9 @@ def test_which_step_generate_takes():
     assert generation._fixed_step(m, GenerationConfig(), torch.device("cuda")) == ("cuda_graph", None, True)
     returned = GenerationConfig(return_dict_in_generate=True)  # the cache goes to the caller: not kept
     assert generation._fixed_step(m, returned, torch.device("cuda")) == ("cuda_graph", None, False)
-    assert generation._fixed_step(m, GenerationConfig(), torch.device("cpu")) is None
+    # the CPU's default: the same step, run as it is (no capture, so its cache is not kept)
+    assert generation._fixed_step(m, GenerationConfig(), torch.device("cpu")) == ("fixed", None, False)
+    assert generation._fixed_step(m, GenerationConfig(disable_compile=True), torch.device("cpu")) is None
     how, options, keep = generation._fixed_step(m, GenerationConfig(compile_config={"backend": "eager"}),
                                                 torch.device("cpu"))
     assert how == "compile" and options == {"fullgraph": True, "dynamic": False, "backend": "eager"} and keep
@@ -115,7 +118,7 @@ def test_compile_config_runs_torch_compile_once_per_shape():
         return gm.forward
 
     m = model(2)
-    eager = run(m, max_new_tokens=10)
+    eager = run(m, max_new_tokens=10, disable_compile=True)
     first = run(m, max_new_tokens=10, compile_config={"backend": backend})
     second = run(m, max_new_tokens=20, compile_config={"backend": backend})
     assert torch.equal(first, eager)
@@ -130,7 +133,7 @@ def test_compile_config_with_inductor_matches_transformers_style_object():
         fullgraph, dynamic, backend, mode, options = True, False, "inductor", None, None
 
     m = model(3, scale_attn_by_inverse_layer_idx=True)
-    eager = run(m, return_dict_in_generate=True, output_logits=True)
+    eager = run(m, return_dict_in_generate=True, output_logits=True, disable_compile=True)
     compiled = run(m, return_dict_in_generate=True, output_logits=True, compile_config=CompileConfig())
     assert torch.equal(compiled.sequences, eager.sequences)
     for a, b in zip(compiled.logits, eager.logits):
