@@ -16,6 +16,10 @@ of fixed sizes (100 B .. 1 MB) cut from its real text, one after another.
                        tokenizer is quadratic in a piece's length), a 1 M run of spaces, 4 MB of U+3000 and 1 MB of
                        newlines (tiktoken's regex panics on these runs: its BPE on the run is the reference)
     (e) load           constructing each tokenizer from the vocabulary files
+    (f) short          28,000 short documents (median ~100 bytes: consecutive lines of the real text, joined until
+                       76 bytes or more), one by one (the calls of (a)) and in one batch (the calls of (b)); the
+                       candidates take turns, round after round (best of --repeats + 2 rounds each), so that a
+                       shared machine's load falls on all of them alike
 
 Times are the best of --repeats passes after a warm-up pass (slow tokenizers: best of 2 / 1 with --quick). Every
 candidate's ids are checked against tiktoken's ``encode(allowed_special="all")`` before it is timed. Ratio = the
@@ -24,6 +28,7 @@ candidate's speed / the reference's speed (> 1: faster than the reference).
     .venv/bin/python benchmarks/bench_tokenizer.py             # full corpus (~6 MB), 5 repeats: ~5.5 min on 2 cores
     .venv/bin/python benchmarks/bench_tokenizer.py --quick     # a quarter of the real text, 2 repeats: ~1.5 min
     .venv/bin/python benchmarks/bench_tokenizer.py --json out.json
+    .venv/bin/python benchmarks/bench_tokenizer.py --only f    # one section (a..f)
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 from importlib import metadata
@@ -248,6 +254,70 @@ def section_d(tt, fast, slow, hf_fast, hf_slow, quick):
     return rows
 
 
+def short_documents(docs: list[Document], count: int = 28_000, minimum: int = 76) -> list[str]:
+    """``count`` short documents spread over the real text: consecutive non-blank lines joined (by newlines) until
+    they reach ``minimum`` bytes (median ~100 bytes: chat messages, titles, log lines, short paragraphs)."""
+    out = []
+    for doc in docs:
+        if doc.kind in GENERATED:
+            continue
+        current = ""
+        for line in doc.text.split("\n"):
+            if line.strip():
+                current = f"{current}\n{line}" if current else line
+                if len(current.encode("utf-8")) >= minimum:
+                    out.append(current)
+                    current = ""
+        if current:
+            out.append(current)
+    step = len(out) / count
+    return [out[int(i * step)] for i in range(count)] if len(out) > count else out
+
+
+def interleaved(candidates: dict, rounds: int) -> tuple[dict, dict]:
+    """Best time of each candidate over ``rounds`` rounds in which every candidate runs once, in turn; its ids."""
+    best, ids = {name: float("inf") for name in candidates}, {}
+    for name, fn in candidates.items():  # warm-up
+        ids[name] = fn()
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            ids[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, ids
+
+
+def section_f(texts, tt, fast, hf_fast, repeats):
+    dataset = f"{len(texts)} short docs (median {statistics.median(len(t.encode()) for t in texts):.0f} B)"
+    want = [tt.encode(t, allowed_special="all") for t in texts]
+    nbytes, ntokens = sum(len(t.encode("utf-8")) for t in texts), sum(map(len, want))
+    one = {
+        "ours fast tok.encode(doc)": per_doc(fast.encode, texts),
+        "ours fast tok(doc)['input_ids']": per_doc(lambda t: fast(t)["input_ids"], texts),
+        "tiktoken encode(doc, allowed_special='all')": per_doc(lambda t: tt.encode(t, allowed_special="all"), texts),
+        "tiktoken encode_ordinary(doc)": per_doc(tt.encode_ordinary, texts),
+    }
+    batch = {
+        "ours fast tok(docs)['input_ids']": lambda: fast(texts)["input_ids"],
+        "tiktoken encode_batch(docs, allowed_special='all')": lambda: tt.encode_batch(texts, allowed_special="all"),
+        "tiktoken encode_ordinary_batch(docs)": lambda: tt.encode_ordinary_batch(texts),
+    }
+    if hf_fast is not None:
+        one["transformers fast tok(doc)['input_ids']"] = per_doc(lambda t: hf_fast(t)["input_ids"], texts)
+        batch["transformers fast tok(docs)['input_ids']"] = lambda: hf_fast(texts)["input_ids"]
+    rows = []
+    for mode, candidates, reference in (("one by one", one, "tiktoken encode(doc, allowed_special='all')"),
+                                        ("batch", batch, "tiktoken encode_batch(docs, allowed_special='all')")):
+        times, ids = interleaved(candidates, repeats + 2)
+        for name, seconds in times.items():
+            if "ordinary" in name:
+                ok = all(a == b for a, b, t in zip(ids[name], want, texts) if ENDOFTEXT not in t)
+            else:
+                ok = ids[name] == want
+            rows.append(row("f", f"{dataset}, {mode}", name, seconds, nbytes, ntokens, ok, times[reference]))
+    return rows
+
+
 def section_e(repeats):
     makers = {"ours GPT2TokenizerFast.from_pretrained('gpt2')": lambda: GPT2TokenizerFast.from_pretrained("gpt2"),
               "ours GPT2Tokenizer.from_pretrained('gpt2')": lambda: GPT2Tokenizer.from_pretrained("gpt2"),
@@ -288,7 +358,9 @@ def markdown(rows: list[dict]) -> str:
               "c": "(c) slow tokenizers, `encode` per document (ratio: speed / transformers' GPT2Tokenizer)",
               "d": "(d) long documents, one call each, slow tokenizers' caches cleared first (ratio: speed / the last "
                    "reference of the set: tiktoken, transformers' slow, transformers' fast)",
-              "e": "(e) load: construct the tokenizer from the vocabulary files (best of 3)"}
+              "e": "(e) load: construct the tokenizer from the vocabulary files (best of 3)",
+              "f": "(f) short documents, one by one and in one batch, candidates in turn (ratio: speed / tiktoken "
+                   "`encode(allowed_special='all')`, resp. `encode_batch(allowed_special='all')`)"}
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
     out = []
     for section, title in titles.items():
@@ -316,6 +388,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed passes per candidate (default 5, --quick 2)")
     ap.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     ap.add_argument("--no-transformers", action="store_true", help="leave transformers out")
+    ap.add_argument("--only", choices=list("abcdef"), action="append", help="run only these sections (repeatable)")
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 5)
     slow_repeats = 1 if args.quick else 2
@@ -336,34 +409,43 @@ def main() -> None:
     print(f"# {info['cpu']}, {info['cores']} cores, {info['date']}; {info['versions']}")
     print(f"# corpus: {len(docs)} documents, {total_bytes(docs) / 1e6:.2f} MB\n")
 
+    run = set(args.only or "abcdef")
     total = 500_000 if args.quick else 2_000_000
     corpus_name = f"corpus ({len(docs)} docs, {total_bytes(docs) / 1e6:.1f} MB)"
-    sets_a = {corpus_name: [d.text for d in docs]}
-    for size in (100, 1_000, 10_000, 100_000, 1_000_000):
-        texts = sized_documents(docs, size, max(total, size))
-        sets_a[f"{len(texts)} x {size:,} B"] = texts
-    rows = section_a(sets_a, tt, fast, hf_fast, repeats)
-    print(markdown(rows), flush=True)
-
-    sets_b = {corpus_name: [d.text for d in docs],
-              **{f"{len(t)} x {s:,} B": t for s in (100, 1_000, 100_000) for t in [sized_documents(docs, s, total)]}}
-    rows_b = section_b(sets_b, tt, fast, hf_fast, repeats)
-    print(markdown(rows_b), flush=True)
-
-    # transformers' slow merge loop is quadratic in a piece's length: documents with a piece over 300 characters are
-    # left out of (c) (for both); (d) shows those pieces.
-    slow_texts = [d.text for d in docs if max(map(len, regex.findall(PRETOKENIZE_PATTERN, d.text)), default=0) <= 300]
-    rows_c = section_c(slow_texts, tt, slow, hf_slow, slow_repeats)
-    for r in rows_c:
-        r["set"] += f" ({len(slow_texts)} docs, {sum(len(t.encode()) for t in slow_texts) / 1e6:.1f} MB)"
-    print(markdown(rows_c), flush=True)
-    rows_d = section_d(tt, fast, slow, hf_fast, hf_slow, args.quick)
-    print(markdown(rows_d), flush=True)
-    rows_e = section_e(3)
-    print(markdown(rows_e))
+    rows, rows_b, rows_c, rows_d, rows_e, rows_f = [], [], [], [], [], []
+    if "a" in run:
+        sets_a = {corpus_name: [d.text for d in docs]}
+        for size in (100, 1_000, 10_000, 100_000, 1_000_000):
+            texts = sized_documents(docs, size, max(total, size))
+            sets_a[f"{len(texts)} x {size:,} B"] = texts
+        rows = section_a(sets_a, tt, fast, hf_fast, repeats)
+        print(markdown(rows), flush=True)
+    if "b" in run:
+        sets_b = {corpus_name: [d.text for d in docs],
+                  **{f"{len(t)} x {s:,} B": t for s in (100, 1_000, 100_000) for t in [sized_documents(docs, s, total)]}}
+        rows_b = section_b(sets_b, tt, fast, hf_fast, repeats)
+        print(markdown(rows_b), flush=True)
+    if "c" in run:
+        # transformers' slow merge loop is quadratic in a piece's length: documents with a piece over 300 characters
+        # are left out of (c) (for both); (d) shows those pieces.
+        slow_texts = [d.text for d in docs
+                      if max(map(len, regex.findall(PRETOKENIZE_PATTERN, d.text)), default=0) <= 300]
+        rows_c = section_c(slow_texts, tt, slow, hf_slow, slow_repeats)
+        for r in rows_c:
+            r["set"] += f" ({len(slow_texts)} docs, {sum(len(t.encode()) for t in slow_texts) / 1e6:.1f} MB)"
+        print(markdown(rows_c), flush=True)
+    if "d" in run:
+        rows_d = section_d(tt, fast, slow, hf_fast, hf_slow, args.quick)
+        print(markdown(rows_d), flush=True)
+    if "e" in run:
+        rows_e = section_e(3)
+        print(markdown(rows_e))
+    if "f" in run:
+        rows_f = section_f(short_documents(docs, 7_000 if args.quick else 28_000), tt, fast, hf_fast, repeats)
+        print(markdown(rows_f), flush=True)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows + rows_b + rows_c + rows_d + rows_e},
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows + rows_b + rows_c + rows_d + rows_e + rows_f},
                                               indent=1) + "\n")
 
 
