@@ -225,14 +225,14 @@ class CallMixin:
     def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding=False, truncation=None,
                max_length: int | None = None, return_tensors: str | None = None, **kwargs) -> list[int]:
         """The ids of one text (a list, or a tensor when ``return_tensors`` is given)."""
-        if isinstance(text, (list, tuple)) and not kwargs.get("is_split_into_words"):
-            raise TypeError("encode takes one text; call the tokenizer on a list for a batch")
         if (type(text) is str and text_pair is None and padding is False and truncation is None and max_length is None
                 and return_tensors is None and not kwargs and not (add_special_tokens and self.add_bos_token)):
             ids = self._plain_ids(text, self.split_special_tokens)  # the plain call: see __call__
             if len(ids) > self.model_max_length:
                 self._warn_if_too_long(len(ids))
             return ids
+        if isinstance(text, (list, tuple)) and not kwargs.get("is_split_into_words"):
+            raise TypeError("encode takes one text; call the tokenizer on a list for a batch")
         if (text_pair is None and not padding and max_length is None and truncation in (None, False)
                 and return_tensors is None and not (set(kwargs) - {"split_special_tokens"})
                 and not (add_special_tokens and self.add_bos_token)):
