@@ -18,8 +18,9 @@ of fixed sizes (100 B .. 1 MB) cut from its real text, one after another.
     (e) load           constructing each tokenizer from the vocabulary files
     (f) short          28,000 short documents (median ~100 bytes: consecutive lines of the real text, joined until
                        76 bytes or more), one by one (the calls of (a)) and in one batch (the calls of (b)); the
-                       candidates take turns, round after round (best of --repeats + 2 rounds each), so that a
-                       shared machine's load falls on all of them alike
+                       candidates take turns on each block of 1,000 documents (one by one) or on the whole batch,
+                       round after round, and each block's best of --repeats + 2 rounds counts, so that a shared
+                       machine's load falls on all of them alike
 
 Times are the best of --repeats passes after a warm-up pass (slow tokenizers: best of 2 / 1 with --quick). Every
 candidate's ids are checked against tiktoken's ``encode(allowed_special="all")`` before it is timed. Ratio = the
@@ -274,17 +275,21 @@ def short_documents(docs: list[Document], count: int = 28_000, minimum: int = 76
     return [out[int(i * step)] for i in range(count)] if len(out) > count else out
 
 
-def interleaved(candidates: dict, rounds: int) -> tuple[dict, dict]:
-    """Best time of each candidate over ``rounds`` rounds in which every candidate runs once, in turn; its ids."""
-    best, ids = {name: float("inf") for name in candidates}, {}
-    for name, fn in candidates.items():  # warm-up
-        ids[name] = fn()
+def interleaved(candidates: dict, texts: list[str], rounds: int, block: int | None) -> tuple[dict, dict]:
+    """Each candidate (a function of a list of texts -> ids per text) on ``texts`` in blocks of ``block`` texts (None:
+    all at once): every round runs each block through every candidate in turn; a candidate's time is the sum over
+    blocks of its best time on that block. Returns the times and each candidate's ids."""
+    block = block or len(texts)
+    blocks = [texts[i:i + block] for i in range(0, len(texts), block)]
+    best = {name: [float("inf")] * len(blocks) for name in candidates}
+    ids = {name: [i for b in blocks for i in fn(b)] for name, fn in candidates.items()}  # warm-up, and the ids
     for _ in range(rounds):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            ids[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best, ids
+        for k, part in enumerate(blocks):
+            for name, fn in candidates.items():
+                start = time.perf_counter()
+                fn(part)
+                best[name][k] = min(best[name][k], time.perf_counter() - start)
+    return {name: sum(times) for name, times in best.items()}, ids
 
 
 def section_f(texts, tt, fast, hf_fast, repeats):
@@ -292,23 +297,24 @@ def section_f(texts, tt, fast, hf_fast, repeats):
     want = [tt.encode(t, allowed_special="all") for t in texts]
     nbytes, ntokens = sum(len(t.encode("utf-8")) for t in texts), sum(map(len, want))
     one = {
-        "ours fast tok.encode(doc)": per_doc(fast.encode, texts),
-        "ours fast tok(doc)['input_ids']": per_doc(lambda t: fast(t)["input_ids"], texts),
-        "tiktoken encode(doc, allowed_special='all')": per_doc(lambda t: tt.encode(t, allowed_special="all"), texts),
-        "tiktoken encode_ordinary(doc)": per_doc(tt.encode_ordinary, texts),
+        "ours fast tok.encode(doc)": lambda ts: [fast.encode(t) for t in ts],
+        "ours fast tok(doc)['input_ids']": lambda ts: [fast(t)["input_ids"] for t in ts],
+        "tiktoken encode(doc, allowed_special='all')": lambda ts: [tt.encode(t, allowed_special="all") for t in ts],
+        "tiktoken encode_ordinary(doc)": lambda ts: [tt.encode_ordinary(t) for t in ts],
     }
     batch = {
-        "ours fast tok(docs)['input_ids']": lambda: fast(texts)["input_ids"],
-        "tiktoken encode_batch(docs, allowed_special='all')": lambda: tt.encode_batch(texts, allowed_special="all"),
-        "tiktoken encode_ordinary_batch(docs)": lambda: tt.encode_ordinary_batch(texts),
+        "ours fast tok(docs)['input_ids']": lambda ts: fast(ts)["input_ids"],
+        "tiktoken encode_batch(docs, allowed_special='all')": lambda ts: tt.encode_batch(ts, allowed_special="all"),
+        "tiktoken encode_ordinary_batch(docs)": lambda ts: tt.encode_ordinary_batch(ts),
     }
     if hf_fast is not None:
-        one["transformers fast tok(doc)['input_ids']"] = per_doc(lambda t: hf_fast(t)["input_ids"], texts)
-        batch["transformers fast tok(docs)['input_ids']"] = lambda: hf_fast(texts)["input_ids"]
+        one["transformers fast tok(doc)['input_ids']"] = lambda ts: [hf_fast(t)["input_ids"] for t in ts]
+        batch["transformers fast tok(docs)['input_ids']"] = lambda ts: hf_fast(ts)["input_ids"]
     rows = []
-    for mode, candidates, reference in (("one by one", one, "tiktoken encode(doc, allowed_special='all')"),
-                                        ("batch", batch, "tiktoken encode_batch(docs, allowed_special='all')")):
-        times, ids = interleaved(candidates, repeats + 2)
+    for mode, candidates, block, reference in (
+            ("one by one", one, 1_000, "tiktoken encode(doc, allowed_special='all')"),
+            ("batch", batch, None, "tiktoken encode_batch(docs, allowed_special='all')")):
+        times, ids = interleaved(candidates, texts, repeats + 2, block)
         for name, seconds in times.items():
             if "ordinary" in name:
                 ok = all(a == b for a, b, t in zip(ids[name], want, texts) if ENDOFTEXT not in t)

@@ -87,6 +87,7 @@ def test_plain_batch_on_threads(kind, monkeypatch):
     tok.model_max_length = 10**9
     want = general(tok, TEXTS)
     monkeypatch.setattr(tokenizer_fast, "_PARALLEL_CHARS", 0)  # every batch on threads (fast tokenizer)
+    monkeypatch.setattr(tokenizer_fast, "_PARALLEL_MEAN_CHARS", 0)
     assert tok(TEXTS) == want
 
 
