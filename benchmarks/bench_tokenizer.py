@@ -428,7 +428,8 @@ def main() -> None:
         print(markdown(rows), flush=True)
     if "b" in run:
         sets_b = {corpus_name: [d.text for d in docs],
-                  **{f"{len(t)} x {s:,} B": t for s in (100, 1_000, 100_000) for t in [sized_documents(docs, s, total)]}}
+                  **{f"{len(t)} x {s:,} B": t
+                     for s in (100, 1_000, 100_000) for t in [sized_documents(docs, s, total)]}}
         rows_b = section_b(sets_b, tt, fast, hf_fast, repeats)
         print(markdown(rows_b), flush=True)
     if "c" in run:
@@ -451,8 +452,8 @@ def main() -> None:
         print(markdown(rows_f), flush=True)
     print(f"# total {time.perf_counter() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows + rows_b + rows_c + rows_d + rows_e + rows_f},
-                                              indent=1) + "\n")
+        all_rows = rows + rows_b + rows_c + rows_d + rows_e + rows_f
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": all_rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
