@@ -6,7 +6,7 @@
 
 from .cache import KVCache
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-from .streamers import BaseStreamer, TextIteratorStreamer, TextStreamer
+from ..common.streamers import BaseStreamer, TextIteratorStreamer, TextStreamer  # framework-free, re-exported
 from .heads import (
     GPT2DoubleHeadsModel,
     GPT2ForQuestionAnswering,
