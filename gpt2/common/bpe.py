@@ -182,7 +182,7 @@ class ByteLevelBPE:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         pieces = self._findall(text)
         self._lookups += len(pieces)
-        get, encode_piece = self._cache.get, self._encode_piece
+        get, encode_piece = self._cache.get, self.encode_piece
         try:
             parts = [get(p) or encode_piece(p) for p in pieces]
         except UnicodeEncodeError:  # a surrogate: nothing of it was cached, start again from the repaired text
@@ -199,7 +199,7 @@ class ByteLevelBPE:
         decoder = self.decoder
         return [decoder[i] for i in self.encode_ordinary(text)]
 
-    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+    def encode_piece(self, piece: str) -> tuple[int, ...]:
         # UTF-8 bytes read as Latin-1 are one character per byte; translate maps each to its byte-level character.
         # Raises UnicodeEncodeError on a surrogate (handled by the caller).
         chars = piece.encode("utf-8").decode("latin-1").translate(self._byte_chars)

@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from .generation import GENERATION_DEFAULTS, GenerationConfig, _is_int
+from .generation import GENERATION_DEFAULTS, GenerationConfig, is_int
 
 FRAMEWORKS = ("torch", "tf", "flax")
 
@@ -203,7 +203,7 @@ def eos_ids(config: GenerationConfig) -> list[int]:
     eos = config.eos_token_id
     if eos is None:
         return []
-    return [int(eos)] if _is_int(eos) else [int(i) for i in eos]
+    return [int(eos)] if is_int(eos) else [int(i) for i in eos]
 
 
 def resolve_lengths(config: GenerationConfig, input_length: int, max_positions: int | None) -> tuple[int, int]:
@@ -221,7 +221,7 @@ def resolve_lengths(config: GenerationConfig, input_length: int, max_positions: 
     >>> resolve_lengths(GenerationConfig(), input_length=5, max_positions=1024)   # the default: 20 new tokens
     (0, 25)
     """
-    if not _is_int(input_length) or input_length < 0:
+    if not is_int(input_length) or input_length < 0:
         raise ValueError(f"resolve_lengths: input_length must be a non-negative integer, got {input_length!r}")
     input_length = int(input_length)
     given = getattr(config, "_generate_kwargs", frozenset())

@@ -58,7 +58,7 @@ _GENERATE_ARGUMENTS = ("logits_processor", "stopping_criteria", "prefix_allowed_
                        "use_model_defaults")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
@@ -71,7 +71,7 @@ def _is_id_list(v: Any, depth: int = 1, allow_empty: bool = False) -> bool:
     if not isinstance(v, (list, tuple)) or (not v and not allow_empty):
         return False
     if depth == 1:
-        return all(_is_int(i) and i >= 0 for i in v)
+        return all(is_int(i) and i >= 0 for i in v)
     return all(_is_id_list(x, depth - 1) for x in v)
 
 
@@ -128,7 +128,7 @@ class GenerationConfig:
 
         def integer(name: str, lo: int, optional: bool = False) -> None:
             v = getattr(self, name)
-            if not (v is None and optional) and not (_is_int(v) and v >= lo):
+            if not (v is None and optional) and not (is_int(v) and v >= lo):
                 fail(name, f"an integer >= {lo}" + (" or null" if optional else ""))
 
         def number(name: str, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False, optional=False) -> None:
@@ -145,7 +145,7 @@ class GenerationConfig:
 
         def ids(name: str, depth: int = 1, allow_int: bool = False, allow_empty: bool = True) -> None:
             v = getattr(self, name)
-            if v is None or (allow_int and _is_int(v) and v >= 0):
+            if v is None or (allow_int and is_int(v) and v >= 0):
                 return
             if not _is_id_list(v, depth, allow_empty):
                 fail(name, ("a non-negative token id, " if allow_int else "") + "a list of non-negative token ids"
@@ -195,7 +195,7 @@ class GenerationConfig:
         ids("forced_bos_token_id", allow_int=True, allow_empty=False)
         ids("forced_eos_token_id", allow_int=True, allow_empty=False)
         decay = self.exponential_decay_length_penalty
-        if decay is not None and not (isinstance(decay, (list, tuple)) and len(decay) == 2 and _is_int(decay[0])
+        if decay is not None and not (isinstance(decay, (list, tuple)) and len(decay) == 2 and is_int(decay[0])
                                       and decay[0] >= 0 and _is_number(decay[1])):
             fail("exponential_decay_length_penalty", "a pair (start_index, decay_factor) or null")
         ids("suppress_tokens")

@@ -56,7 +56,7 @@ def is_openai_vocabulary(encoder: dict[str, int], merges: list[tuple[str, str]])
     return len(encoder) == 50257 and (encoder, merges) == _openai_vocabulary()
 
 
-def _python_engine(encoder: dict[str, int], merges: list[tuple[str, str]]) -> ByteLevelBPE:
+def python_engine(encoder: dict[str, int], merges: list[tuple[str, str]]) -> ByteLevelBPE:
     # Every OpenAI token merges back to itself (tests/common/test_bpe.py), so a piece that is a token can skip BPE.
     return ByteLevelBPE(encoder, merges, whole_token_shortcut=is_openai_vocabulary(encoder, merges))
 
@@ -66,7 +66,7 @@ class TokenizerBase(CallMixin):
 
     model_input_names = ["input_ids", "attention_mask"]
     is_fast = False
-    _engine = staticmethod(_python_engine)
+    _engine = staticmethod(python_engine)
 
     def __init__(
         self,

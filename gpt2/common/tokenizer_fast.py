@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import regex
 
 from .bpe import PRETOKENIZE_PATTERN, bytes_to_unicode
-from .tokenizer import ENDOFTEXT, TokenizerBase, _python_engine, is_openai_vocabulary
+from .tokenizer import ENDOFTEXT, TokenizerBase, is_openai_vocabulary, python_engine
 
 _LONG_RUN = 100_000  # whitespace runs this long skip tiktoken's regex (it panics from 999_999 on)
 _SAMPLE = _LONG_RUN // 2  # a run of _LONG_RUN covers two consecutive characters text[k * _SAMPLE], text[(k+1) * ...]
@@ -179,12 +179,12 @@ class TiktokenBPE:
         single = getattr(getattr(self._enc, "_core_bpe", None), "encode_single_piece", None)
         if single is None:  # a tiktoken without it: the Python engine merges the piece (same ids)
             python = self._python_engine()
-            return list(python._encode_piece(data.decode("utf-8")))
+            return list(python.encode_piece(data.decode("utf-8")))
         return single(data)
 
     def _python_engine(self):
         if self._python is None:
-            self._python = _python_engine(self._encoder, self._merges)
+            self._python = python_engine(self._encoder, self._merges)
         return self._python
 
     def token_bytes(self, index: int) -> bytes:
@@ -208,7 +208,7 @@ def _engine(encoder: dict[str, int], merges: list[tuple[str, str]]):
         "GPT2TokenizerFast: this vocabulary is not OpenAI's GPT-2 vocabulary, for which tiktoken is exact; "
         "using the pure-Python BPE engine (same ids, slower)", stacklevel=4,
     )
-    return _python_engine(encoder, merges)
+    return python_engine(encoder, merges)
 
 
 class GPT2TokenizerFast(TokenizerBase):

@@ -156,8 +156,6 @@ def test_each_common_module_imports_fresh(module):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-# Private names that modules still import from another (their owners are reworking those files): to be emptied.
-KNOWN_PRIVATE_IMPORTS = {("common/decoding.py", "_is_int"), ("common/tokenizer_fast.py", "_python_engine")}
 
 
 def test_no_module_reaches_into_another_modules_private_names():
@@ -170,8 +168,7 @@ def test_no_module_reaches_into_another_modules_private_names():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
                 for alias in node.names:
-                    if alias.name.startswith("_") and not alias.name.startswith("__") \
-                            and (rel, alias.name) not in KNOWN_PRIVATE_IMPORTS:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
                         problems.append(f"{rel}:{node.lineno}: from {'.' * node.level}{node.module or ''} import "
                                         f"{alias.name}")
                     if node.module is None or (node.module in ("formats", "common") and alias.name):
