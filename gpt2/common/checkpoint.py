@@ -191,15 +191,17 @@ def load_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     progress: Callable[[int], None] | None = None,
+    resolved: tuple[str, Path] | None = None,
 ) -> tuple[dict[str, np.ndarray], GPT2Config]:
     """Read any supported checkpoint into the canonical form; returns (state, config).
 
     ``config`` defaults to the config.json beside the weights (hparams.json for OpenAI's format). Everything is read
     and validated before anything is returned: nothing is ever half-loaded. ``progress(nbytes)`` is called as
-    tensors are read.
+    tensors are read. ``resolved``: what ``resolve_checkpoint`` already answered for ``name_or_path`` (a caller
+    that looked at the format first need not look the files up twice).
     """
-    fmt, main = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only)
+    fmt, main = resolved or resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir,
+                                               local_files_only=local_files_only)
     if config is None:
         local = fmt == "openai" or Path(name_or_path).exists() or (main.parent / "config.json").is_file()
         config = GPT2Config.from_pretrained(main.parent if local else name_or_path, revision=revision,

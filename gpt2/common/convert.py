@@ -70,7 +70,7 @@ def convert(
 
     size = _checkpoint_bytes(main)
     state, config = load_checkpoint(src, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                                    progress=ticker(f"reading {main.name}", size))
+                                    progress=ticker(f"reading {main.name}", size), resolved=(fmt, main))
     if dtype is not None:
         import ml_dtypes
 

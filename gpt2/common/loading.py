@@ -113,7 +113,7 @@ def prepare(cls_name: str, name_or_path: str | os.PathLike, *, config: GPT2Confi
             f"use_safetensors={use_safetensors}, but the checkpoint for {str(name_or_path)!r} is in the {fmt!r} "
             f"format{' (convert it: gpt2 convert SRC DST --to safetensors)' if use_safetensors else ''}")
     state, _ = load_checkpoint(name_or_path, config, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only)
+                               local_files_only=local_files_only, resolved=(fmt, main))
     return LoadPlan(cls_name, name_or_path, config, state, fmt, main)
 
 
