@@ -194,7 +194,7 @@ TORCH_OUTLINE = {
     "cache.py": ["KVCache"],
     "generation.py": ["Decoder", "GenerationMixin"],
     "logits_process.py": [],
-    "stopping.py": ["Stop", "LateCheck"],
+    "stopping.py": ["Stop"],
     "beam_search.py": [],
 }
 # Constructor attributes that are checkpoint names, in the order the constructor sets them (other attributes may

@@ -1,4 +1,5 @@
-"""A fixed-shape decoding step for generate(): captured in a CUDA graph, or compiled with torch.compile.
+"""A fixed-shape decoding step for generate(): captured in a CUDA graph, or compiled with torch.compile; and the
+stop check read one step late on CUDA (LateCheck). Framework-only (torch): CUDA graphs, torch.compile, CUDA events.
 
 The eager step (generation.Decoder) attends over the first ``n`` cached positions, so its shapes change with every
 token, and GPT2Model.forward checks ids on the host: neither can be captured. This step has the same shapes at every
@@ -157,3 +158,42 @@ def _compiled(model, options: dict):
     if key not in store:
         store[key] = torch.compile(decode_step, **options)
     return store[key]
+
+
+# -- the stop check, read one step late on CUDA ----------------------------------------------------------------------
+def use_late_check(device, streamer, record: bool, stop) -> bool:
+    """Read the stop check one step late (``LateCheck``) on CUDA, where waiting for it every step would leave the GPU
+    idle while the host prepares the next step. Not with a streamer or recorded outputs (they would see the extra
+    step) nor with stop strings (their check reads the tokens on the host anyway)."""
+    return device.type == "cuda" and streamer is None and not record and stop.stop_strings is None
+
+
+class LateCheck:
+    """Whether any row is still running, read one step late: step t's flag is copied to the host without waiting,
+    and read at step t+1, after that step's work is queued. When it says every row had finished, generate() drops
+    the one token computed since, so the output is what an immediate check gives (the only trace: sampling drew
+    from the generator once more)."""
+
+    def __init__(self, device) -> None:
+        cuda = device.type == "cuda"
+        self.flags = [torch.zeros((), dtype=torch.bool, pin_memory=cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if cuda else None
+        self.pending: tuple[int, int] | None = None  # (slot, length) of the flag in flight
+        self.slot = 0
+
+    def done(self) -> int | None:
+        """The length at which every row had finished, by the flag queued last; None while some row runs."""
+        if self.pending is None:
+            return None
+        slot, length = self.pending
+        if self.events is not None:
+            self.events[slot].synchronize()  # long done by now: the GPU is already on the next step
+        return length if not bool(self.flags[slot]) else None
+
+    def queue(self, any_running: torch.Tensor, cur: int) -> None:
+        """Start copying this step's flag (the ids are ``cur`` long) to the host, without waiting for it."""
+        slot = self.slot
+        self.flags[slot].copy_(any_running, non_blocking=self.events is not None)
+        if self.events is not None:
+            self.events[slot].record()
+        self.pending, self.slot = (slot, cur), 1 - slot

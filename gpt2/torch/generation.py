@@ -35,7 +35,8 @@ from ..common.streamers import BaseStreamer
 from .beam_search import beam_search
 from .cache import KVCache
 from .logits_process import build_processors, run_processors
-from .stopping import LateCheck, Stop, use_late_check
+from .compiled import LateCheck, use_late_check
+from .stopping import Stop
 
 
 
