@@ -133,11 +133,13 @@ class TFGPT2PreTrainedModel(keras.Model):
                    for v in {id(v): v for v in tensors}.values())
 
     def tie_weights(self) -> None:
-        """A tied head reads the trunk's current wte when it runs (it has no variable of its own): point it at
-        the trunk's embeddings again after they are replaced."""
+        """A tied head has no variable of its own: it reads the trunk's wte when it runs. Point it at the trunk's
+        current embeddings (after set_input_embeddings or resize_token_embeddings replaced them) through the
+        head's ``tie(embedding)``."""
         head = self.get_output_embeddings()
-        if head is not None and self.config.tie_word_embeddings and hasattr(head, "wte"):
-            _replace(head, "wte", self.trunk.wte)
+        tie = getattr(head, "tie", None)
+        if head is not None and self.config.tie_word_embeddings and callable(tie):
+            tie(self.trunk.wte)
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None):
         """Grow or shrink the token table (and an untied lm_head); new rows get the init. Returns the table."""
@@ -224,7 +226,8 @@ class TFGPT2PreTrainedModel(keras.Model):
         saved = keras.config.dtype_policy()
         keras.config.set_dtype_policy(policy)  # the layers made in the constructor take it (thread-local in Keras 3)
         try:
-            model = cls(plan.config, attn_implementation=attn_implementation, dtype=policy)
+            model = cls(plan.config, dtype=policy)
+            model.set_attn_implementation(attn_implementation or "eager")
             model._build_for_loading()
         finally:
             keras.config.set_dtype_policy(saved)
@@ -233,9 +236,13 @@ class TFGPT2PreTrainedModel(keras.Model):
         return (model, info) if output_loading_info else model
 
     def _build_for_loading(self) -> None:
-        """Make every variable once, by a call on the smallest input (a (1, 1) sequence; with cross-attention an
-        encoder state of one position), so that loading can assign them."""
+        """Make every variable once, so that loading can assign them: build() from the config where the class
+        defines it, else a call on the smallest input (a (1, 1) sequence; with cross-attention an encoder state of
+        one position)."""
         if self.built:
+            return
+        if type(self).build is not keras.Model.build:  # the classes build every variable from the config
+            self.build(None)
             return
         ids = tf.zeros((1, 1, 1) if type(self).__name__ == "TFGPT2DoubleHeadsModel" else (1, 1), tf.int32)
         extra = {}

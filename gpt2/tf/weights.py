@@ -39,7 +39,7 @@ def to_numpy(value) -> np.ndarray:
     """A variable or tensor as a numpy array on the host (bfloat16 as ml_dtypes' bfloat16, as TF gives it)."""
     if isinstance(value, keras.Variable):
         value = value.value
-    return np.asarray(keras.ops.convert_to_numpy(value))
+    return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
 
 
 def numpy_dtype(dtype) -> np.dtype:
