@@ -1,15 +1,128 @@
-"""generate() for the TensorFlow models: greedy, sampling and beam search, compiled with XLA.
+"""generate() for the TensorFlow models: greedy, sampling and beam search, token for token as torch's (and
+transformers 4.57's PyTorch), decoded in one XLA-compiled ``tf.while_loop``.
 
-The rules are gpt2/torch/generation.py's (transformers 4.57's), decided framework-free in gpt2.common.decoding;
-this module is the TensorFlow plumbing.
+>>> from gpt2.tf import TFGPT2LMHeadModel
+>>> model = TFGPT2LMHeadModel.from_pretrained("gpt2")
+>>> ids = model.generate(prompt_ids, max_new_tokens=20)                                   # greedy
+>>> ids = model.generate(prompt_ids, max_new_tokens=20, do_sample=True, top_p=0.9, seed=0)  # reproducible sampling
+>>> out = model.generate(prompt_ids, num_beams=4, return_dict_in_generate=True, output_scores=True)
+
+The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
+with, how beams are scored and finalized -- are gpt2/torch/generation.py's, decided framework-free in
+``gpt2.common.decoding`` (settings merge, lengths, eos / padding, the unsupported options, the processors and their
+order). What is TensorFlow's is the plumbing:
+
+- one function per (batch, prompt bucket, buffer size, option signature), ``tf.function(jit_compile=True)``, kept
+  on the model: the prompt is left-padded (mask 0) to a power-of-two bucket, so another prompt length in the same
+  bucket runs the same compiled code; the prompt's true length, max_length and the length-dependent processor
+  options are traced scalars. The weights are Keras variables, captured as resource arguments (not constants), so
+  compiling does not copy them;
+- inside it: a static KV cache for the whole run (cache.py ``KVCache.at``), the prompt's forward, then one
+  ``tf.while_loop`` whose step writes one token per row at a traced position (the mask opens one key per step);
+  processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's padding never shows);
+- sampling draws from counter-based stateless RNG keyed by ``seed`` and the step: the same seed, the same tokens,
+  compiled or not (not torch's tokens: its generator is another algorithm).
+
+What needs the host between steps (streamers, stop_strings, max_time, Python logits processors, stopping criteria,
+prefix_allowed_tokens_fn, assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, tf
+column); so are inputs_embeds, token_type_ids and per-step attentions / hidden states, not implemented here.
+``generation_config.disable_compile=True`` runs the same loop eagerly (the reference the tests compare with).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
 from ..common import loading
+from ..common.decoding import (Plan, check_attention_mask, check_options, check_prompt, check_token_range,
+                               merge_settings, plan, processor_specs)
 from ..common.generation import GENERATION_CONFIG_NAME, GenerationConfig
+from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .beam_search import beam_search
+from .cache import KVCache
+from .logits_process import build_processors, run_processors
+from .model import mask_value, scores_dtype
+from .stopping import Stop
+
+# Processor options that depend on the prompt's length (min_length, forced eos, the decay start, begin-suppress):
+# traced scalars, so that a new prompt length in the same bucket does not retrace.
+TRACED_OPTIONS = ("min_length", "at_length", "start")
+SMALLEST_BUCKET = 8
 
 
+# -- the model behind generate() ------------------------------------------------------------------------------------
+class Decoder:
+    """Runs the model for generate(), traceably: one static KV cache of ``max_length`` slots for the run, the
+    attention mask (the prompt's, then ones) with position ids from its cumsum as transformers'
+    prepare_inputs_for_generation, logits of the last position only. ``decoder(ids)`` takes the prompt, then one
+    token per row per call, written at the traced slot ``held``."""
+
+    def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None) -> None:
+        B, T = input_ids.shape
+        self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
+        self.embeds, self.offset = None, 0  # an inputs_embeds prompt: not implemented in TF (generate() refuses it)
+        self.model = model
+        # TF always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
+        self.fixed = max_length
+        self.cache = KVCache.for_model(model, B, max_length)
+        self.kwargs = dict(output_attentions=False, output_hidden_states=False)
+        mask = tf.cast(attention_mask, tf.int32)
+        ones = tf.ones([B, max_length - T], tf.int32)
+        self.mask = tf.concat([mask, ones], axis=1)  # (B, max_length): the prompt's, then ones
+        self.prompt_positions = tf.where(mask == 0, 1, tf.cumsum(mask, axis=-1) - 1)
+        self.next_position = tf.reduce_sum(mask, axis=-1, keepdims=True)  # (B, 1): real tokens so far
+        self.last_output = None
+        self.held = 0  # slots written: a Python 0 before the prompt, then a traced scalar
+
+    def __call__(self, ids: tf.Tensor) -> tf.Tensor:
+        """Feed ``ids`` (B, t) after what the cache holds; return the next-token logits (B, V) in fp32."""
+        T, held, trunk = ids.shape[1], self.held, self.model.transformer
+        prompt = isinstance(held, int)
+        if prompt:
+            positions = self.prompt_positions
+        else:
+            positions = self.next_position
+            self.next_position = self.next_position + 1
+        types = None
+        if self.token_types is not None:
+            types = self.token_types if prompt else tf.repeat(self.token_types[:, -1:], T, axis=1)
+        x = trunk.embed(ids, position_ids=positions, token_type_ids=types)
+        # query i sees the written keys up to its own slot; padding keys get half the mask value (common/numerics.py)
+        dtype = scores_dtype(self.model.compute_dtype, self.model.config.reorder_and_upcast_attn)
+        causal = tf.range(self.fixed)[None, :] <= tf.range(T)[:, None] + held
+        bias = tf.where(causal, tf.zeros((), dtype), tf.constant(mask_value(dtype), dtype))
+        padding = tf.equal(self.mask, 0)[:, None, None, :]
+        bias = tf.where(padding & causal, tf.constant(mask_value(dtype) / 2, dtype), bias)
+        view = self.cache.at(held)
+        out = trunk.core(x, mask=bias, cache=view, **self.kwargs)
+        self.cache = KVCache(view.keys, view.values, static=True)
+        self.held = tf.cast(held + T, tf.int32)
+        self.last_output = out
+        logits = self.model.lm_head(out[0][:, -1:, :])
+        return tf.cast(logits[:, -1, :], tf.float32)
+
+    def close(self) -> None:
+        """The run is over: nothing is held (the compiled function, not the decoder, is kept on the model)."""
+        self.last_output = None
+
+    def reorder(self, rows: tf.Tensor) -> None:
+        """Beam search: row i of the cache becomes row ``rows[i]``."""
+        self.cache.reorder_cache(rows)
+
+    def _state(self) -> tuple:
+        """What changes between steps, as loop variables."""
+        return tuple(self.cache.keys), tuple(self.cache.values), self.held, self.next_position
+
+    def _load(self, state: tuple) -> None:
+        keys, values, self.held, self.next_position = state
+        self.cache = KVCache(list(keys), list(values), static=True)
+
+
+# -- generate() ------------------------------------------------------------------------------------------------------
 class GenerationMixin:
     """``generate()`` and ``generation_config`` for the models with a language-model head."""
 
@@ -44,3 +157,333 @@ class GenerationMixin:
         """generation_config.json too, as transformers writes it for generative models (in the same transaction
         as the weights)."""
         return {**super()._files_to_save(), GENERATION_CONFIG_NAME: self.generation_config.json_to_save()}
+
+    def generate(self, input_ids=None, attention_mask=None, generation_config: GenerationConfig | None = None,
+                 streamer=None, seed=None, tokenizer=None, logits_processor=None, stopping_criteria=None,
+                 prefix_allowed_tokens_fn=None, inputs_embeds=None, token_type_ids=None, assistant_model=None,
+                 **kwargs):
+        """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
+        as an int32 tensor or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput /
+        GenerateBeamDecoderOnlyOutput (scores and logits kept, one (B*n, V) per step, also when compiled).
+
+        Options: ``self.generation_config``, overridden by the non-default values of ``generation_config``, then by
+        ``kwargs`` (GenerationConfig fields: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,
+        typical_p, epsilon_cutoff, eta_cutoff, num_beams, length_penalty, early_stopping, repetition_penalty,
+        no_repeat_ngram_size, bad_words_ids, sequence_bias, min_new_tokens, eos_token_id, pad_token_id,
+        num_return_sequences, output_scores, disable_compile, ...). ``seed``: an int (or a tf.random.Generator to
+        draw one from) for sampling; the same seed gives the same tokens, compiled or eager. Without one, the seed
+        is drawn from TF's global RNG (``tf.random.set_seed`` makes runs repeatable, as in transformers).
+
+        Compiled with XLA (``disable_compile=True``: the same loop, eagerly). Not available in TF (refused by
+        name): streamer, stop_strings, max_time, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
+        assistant_model (they need the host between steps), inputs_embeds, token_type_ids, output_attentions /
+        output_hidden_states. ``tokenizer`` is accepted for transformers' signature (stop_strings need it).
+        """
+        if "inputs" in kwargs:  # transformers' name for the first argument
+            if input_ids is not None:
+                raise ValueError("give input_ids or inputs, not both")
+            input_ids = kwargs.pop("inputs")
+        if not tf.executing_eagerly():
+            raise RuntimeError(
+                "generate() cannot run inside a tf.function: it checks its inputs on the host, picks the prompt "
+                "bucket and returns sequences whose length is only known at the end, and it is already compiled "
+                "with XLA (jit_compile=True), one function per prompt bucket kept on the model; call "
+                "model.generate(...) directly")
+        cfg = merge_settings(self.generation_config, generation_config, **kwargs)
+        return _generate(self, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                         seed=seed, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
+                         token_type_ids=token_type_ids, assistant=assistant_model)
+
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """The score of each generated token at the step that chose it, (B*n, generated length), as transformers'
+        ``compute_transition_scores``: ``scores`` from ``generate(..., return_dict_in_generate=True,
+        output_scores=True)``, ``beam_indices`` from a beam search output; ``normalize_logits``: log-softmax first.
+        Steps after a beam finished are 0.
+
+        >>> out = model.generate(ids, max_new_tokens=5, return_dict_in_generate=True, output_scores=True)
+        >>> model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)   # log-probabilities
+        """
+        if not scores:
+            raise ValueError("scores is empty: pass generate(..., return_dict_in_generate=True, output_scores=True)'s "
+                             "scores")
+        stacked = tf.stack(tuple(scores), axis=1)  # (rows, steps, V)
+        if normalize_logits:
+            stacked = tf.nn.log_softmax(stacked, axis=-1)
+        steps = stacked.shape[1]
+        if beam_indices is None:  # greedy / sampling: row i's scores chose row i's tokens
+            beam_indices = tf.broadcast_to(tf.range(stacked.shape[0])[:, None], [stacked.shape[0], steps])
+        beam_indices = tf.cast(beam_indices, tf.int32)
+        if beam_indices.shape[0] != sequences.shape[0]:
+            raise ValueError(f"beam_indices has {beam_indices.shape[0]} rows, sequences {sequences.shape[0]}")
+        valid = beam_indices >= 0
+        length = int(tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1)))
+        rows, valid = tf.maximum(beam_indices[:, :length], 0), valid[:, :length]
+        tokens = tf.cast(sequences[:, sequences.shape[-1] - length:], tf.int32)
+        where = tf.stack([rows, tf.broadcast_to(tf.range(length)[None, :], tf.shape(rows)), tokens], axis=-1)
+        return tf.where(valid, tf.gather_nd(stacked, where), tf.zeros((), stacked.dtype))
+
+
+def _describe(x) -> tuple[tuple | None, str]:
+    """(shape, dtype name) of a tensor or array for the request checks; (None, type name) for anything else."""
+    if tf.is_tensor(x) or isinstance(x, np.ndarray):
+        return tuple(x.shape), str(x.dtype.name if tf.is_tensor(x) else x.dtype)
+    return None, type(x).__name__
+
+
+def _host(x) -> np.ndarray | None:
+    """A tensor, array or nested list as a numpy array (lists are what tokenizers return)."""
+    if x is None:
+        return None
+    if tf.is_tensor(x):
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, logits_processor,
+                   stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant):
+    """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
+    returns (input_ids, attention_mask) as int64 numpy arrays (the mask None when not given)."""
+    check_options(cfg, framework="tf", streamer=streamer, assistant_model=assistant,
+                  stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
+    if logits_processor:
+        raise ValueError("generate(): logits_processor is not supported in tf (TF decodes in one compiled loop, "
+                         "which cannot call Python processors between steps)")
+    for name, value in (("inputs_embeds", inputs_embeds), ("token_type_ids", token_type_ids)):
+        if value is not None:
+            raise ValueError(f"generate(): {name} is not supported in tf (not implemented in the compiled loop)")
+    if cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states):
+        raise ValueError("generate(): output_attentions / output_hidden_states are not supported in tf (the "
+                         "compiled loop keeps scores and logits only)")
+    V = model.config.vocab_size
+    if input_ids is None:
+        if cfg.bos_token_id is None:
+            raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
+        input_ids = np.full((1, 1), cfg.bos_token_id, dtype=np.int64)
+    shape, dtype = _describe(input_ids)
+    ids = _host(input_ids)
+    if shape is None:
+        shape, dtype = ids.shape, f"{type(input_ids).__name__} of {ids.dtype}"
+    check_prompt(shape=shape, dtype=dtype, integer=ids.dtype.kind in "iu")
+    check_token_range(low=int(ids.min()), high=int(ids.max()), vocab_size=V)
+    mask = None
+    if attention_mask is not None:
+        mask = _host(attention_mask)
+        check_attention_mask(shape=mask.shape if mask.ndim else None, ids_shape=shape,
+                             binary=mask.shape == tuple(shape) and bool(np.isin(mask, (0, 1)).all()))
+        mask = mask.astype(np.int64)
+    return ids.astype(np.int64), mask
+
+
+def _bucket(n: int) -> int:
+    """The power of two >= n (at least SMALLEST_BUCKET): prompt lengths and new-token counts come in few sizes."""
+    return max(SMALLEST_BUCKET, 1 << (int(n) - 1).bit_length())
+
+
+def _hashable(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+class _Static(NamedTuple):
+    """What one compiled function is specialised to (with the input shapes); everything else is traced."""
+
+    capacity: int  # slots of the ids buffer and the cache: the prompt bucket, then the new tokens' bucket
+    specs: tuple  # (name, static options, names of the traced ones) per processor
+    eos: tuple
+    pad: int | None
+    do_sample: bool
+    num_beams: int
+    num_return_sequences: int
+    early_stopping: object
+    length_penalty: float
+    record_scores: bool
+    record_logits: bool
+
+
+def _static_specs(specs) -> tuple[tuple, list[int]]:
+    """Split each spec's options into static ones (in the key) and the traced numbers (TRACED_OPTIONS)."""
+    static, numbers = [], []
+    for spec in specs:
+        traced = tuple(k for k in TRACED_OPTIONS if spec.options.get(k) is not None)
+        numbers += [int(spec.options[k]) for k in traced]
+        static.append((spec.name, _hashable({k: v for k, v in spec.options.items() if k not in traced}), traced))
+    return tuple(static), numbers
+
+
+def _processors(static: _Static, numbers: tf.Tensor, vocab_size: int):
+    """The processors, built inside the trace with the traced numbers in place of the length-dependent options."""
+    from ..common.decoding import ProcessorSpec
+
+    specs, i = [], 0
+    for name, options, traced in static.specs:
+        options = {k: (dict(v) if k == "bias" else list(v) if isinstance(v, tuple) else v) for k, v in options}
+        for k in traced:
+            options[k], i = numbers[i], i + 1
+        specs.append(ProcessorSpec(name, options))
+    return build_processors(specs, vocab_size=vocab_size)
+
+
+def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, seed, logits_processor,
+              stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant):
+    ids, mask = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                               logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                               prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
+                               token_type_ids=token_type_ids, assistant=assistant)
+    V = model.config.vocab_size
+    B, T = ids.shape
+    run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
+               has_attention_mask=mask is not None)
+    pad = run.pad
+    if run.may_infer_mask(has_attention_mask=mask is not None) and bool((ids == pad).any()):
+        mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
+    if pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
+        import warnings
+
+        warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
+                      stacklevel=3)
+    if mask is None:
+        mask = np.ones_like(ids)
+    if run.rows_per_prompt > 1:
+        ids, mask = np.repeat(ids, run.rows_per_prompt, axis=0), np.repeat(mask, run.rows_per_prompt, axis=0)
+    specs = processor_specs(cfg, run, vocab_size=V)
+    spec_key, numbers = _static_specs(specs)
+    # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
+    P = _bucket(T)
+    shift = P - T
+    ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
+    mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
+    static = _Static(capacity=P + _bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
+                     do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
+                     num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
+                     length_penalty=float(cfg.length_penalty),
+                     record_scores=bool(cfg.return_dict_in_generate and cfg.output_scores),
+                     record_logits=bool(cfg.return_dict_in_generate and cfg.output_logits))
+    if isinstance(seed, tf.random.Generator):
+        seed = seed.uniform_full_int([2], dtype=tf.int32)
+    elif seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    else:
+        seed = tf.constant([0, int(seed)] if np.ndim(seed) == 0 else list(seed), tf.int32)
+    args = (tf.constant(ids), tf.constant(mask), tf.constant(shift, tf.int32),
+            tf.constant(shift + run.max_length, tf.int32), tf.constant(numbers or [0], tf.int32), seed)
+    if cfg.disable_compile:
+        result = _decode(model, static, *args)
+    else:
+        functions = model.__dict__.setdefault("_generate_functions", {})
+        key = (static, tuple(ids.shape))
+        if key not in functions:
+            functions[key] = tf.function(functools.partial(_decode, model, static), jit_compile=True)
+        result = functions[key](*args)
+    return _finish(model, cfg, run, static, result, shift=shift, prompt=P)
+
+
+def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed):
+    """The whole decoding, traceable: the prompt's forward, then the loop. ``shift``: bucket padding before the
+    prompt; ``max_length``: where rows stop, in buffer slots (shift + the plan's max_length)."""
+    model.__dict__["_generate_traces"] = model.__dict__.get("_generate_traces", 0) + 1  # at trace time only
+    B, P = ids.shape
+    processors = _processors(static, numbers, model.config.vocab_size)
+    stop = Stop(eos=list(static.eos), max_length=max_length)
+    decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity)
+    if static.num_beams > 1:
+        fill = (static.pad if static.pad else static.eos[0]) if static.eos else -1
+        buffer = tf.concat([ids, tf.fill([B, static.capacity - P], fill)], axis=1)
+        return beam_search(decoder, buffer, static=static, shift=shift, max_length=max_length,
+                           processors=processors, stop=stop, seed=seed)
+    buffer = tf.concat([ids, tf.zeros([B, static.capacity - P], tf.int32)], axis=1)
+    return _sample(decoder, buffer, static=static, shift=shift, max_length=max_length, processors=processors,
+                   stop=stop, seed=seed)
+
+
+def _record(buffer, step, values):
+    """buffer (rows, steps, V) with ``values`` (rows, V) written at ``step``."""
+    rows = tf.shape(values)[0]
+    return tf.tensor_scatter_nd_update(buffer, tf.stack([tf.range(rows), tf.fill([rows], step)], axis=1), values)
+
+
+def gumbel(shape, seed, step):
+    """Gumbel(0, 1) noise from the stateless RNG keyed by (seed, step): argmax(scores + noise) samples
+    softmax(scores) (the Gumbel-max trick), top-k of it samples k without replacement."""
+    u = tf.random.stateless_uniform(shape, seed=tf.random.experimental.stateless_fold_in(seed, step),
+                                    minval=np.finfo(np.float32).tiny, maxval=1.0)
+    return -tf.math.log(-tf.math.log(u))
+
+
+def _sample(decoder: Decoder, ids, *, static: _Static, shift, max_length, processors, stop: Stop, seed):
+    """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step, in a while_loop.
+    Returns (ids buffer, length, scores, logits) with the records (rows, steps, V) or empty."""
+    B, C = ids.shape
+    prompt = int(decoder.prompt_positions.shape[1])
+    V = decoder.model.config.vocab_size
+    steps = C - prompt
+    logits = decoder(ids[:, :prompt])
+    scores_rec = tf.zeros([B, steps, V] if static.record_scores else [0])
+    logits_rec = tf.zeros([B, steps, V] if static.record_logits else [0])
+
+    def body(cur, ids, unfinished, logits, scores_rec, logits_rec, state):
+        decoder._load(state)
+        seen = tf.roll(ids, -shift, axis=1)  # the ids from the prompt's first slot on: what torch's processors read
+        next_scores = run_processors(processors, seen, cur - shift, logits)
+        if static.record_scores:
+            scores_rec = _record(scores_rec, cur - prompt, next_scores)
+        if static.record_logits:
+            logits_rec = _record(logits_rec, cur - prompt, logits)
+        if static.do_sample:
+            next_tokens = tf.argmax(next_scores + gumbel(tf.shape(next_scores), seed, cur), axis=-1,
+                                    output_type=tf.int32)
+        else:
+            next_tokens = tf.argmax(next_scores, axis=-1, output_type=tf.int32)
+        if static.eos:  # finished rows get padding
+            next_tokens = tf.where(unfinished, next_tokens, static.pad)
+        ids = tf.where(tf.range(C)[None, :] == cur, next_tokens[:, None], ids)
+        cur = cur + 1
+        unfinished = unfinished & ~stop(ids, cur)
+        more = (cur < max_length) & tf.reduce_any(unfinished)
+        kept = decoder._state()
+
+        def step():
+            out = decoder(next_tokens[:, None])
+            return out, decoder._state()
+
+        logits, state = tf.cond(more, step, lambda: (logits, kept))
+        return cur, ids, unfinished, logits, scores_rec, logits_rec, state
+
+    def more(cur, ids, unfinished, *rest):
+        return (cur < max_length) & tf.reduce_any(unfinished)
+
+    state = decoder._state()
+    cur, ids, _, _, scores_rec, logits_rec, _ = tf.while_loop(
+        more, body, (tf.constant(prompt, tf.int32), ids, tf.ones([B], tf.bool), logits, scores_rec, logits_rec,
+                     state), maximum_iterations=steps)
+    return dict(ids=ids, length=cur, scores=scores_rec, logits=logits_rec)
+
+
+def _finish(model, cfg: GenerationConfig, run: Plan, static: _Static, result: dict, *, shift: int, prompt: int):
+    """On the host: the outputs of the compiled function cut to what torch's generate() returns."""
+    ids = result["ids"].numpy()
+    if static.num_beams > 1:
+        n_return = static.num_return_sequences
+        sequences = ids.reshape(-1, static.num_beams, ids.shape[-1])[:, :n_return].reshape(-1, ids.shape[-1])
+        beam_scores = tf.reshape(result["beam_scores"][:, :n_return], [-1])
+        beam_indices = result["beam_indices"].numpy()
+        beam_indices = beam_indices[:, :n_return].reshape(sequences.shape[0], -1)
+        generated = int((beam_indices + 1).astype(bool).sum(axis=1).max())
+        sequences, beam_indices = sequences[:, shift: prompt + generated], beam_indices[:, :generated]
+        steps = int(result["steps"])
+    else:
+        length = int(result["length"])
+        sequences, steps = ids[:, shift: length], length - prompt
+    sequences = tf.constant(sequences, tf.int32)
+    if not cfg.return_dict_in_generate:
+        return sequences
+    scores = tuple(tf.unstack(result["scores"][:, :steps], axis=1)) if static.record_scores else None
+    logits = tuple(tf.unstack(result["logits"][:, :steps], axis=1)) if static.record_logits else None
+    if static.num_beams > 1:
+        return GenerateBeamDecoderOnlyOutput(
+            sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=scores,
+            logits=logits, beam_indices=tf.constant(beam_indices, tf.int32))
+    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits)
