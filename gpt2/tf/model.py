@@ -87,6 +87,12 @@ def eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout, he
     return tf.matmul(probs, v), probs
 
 
+def _no_keras_mask(self, inputs, previous_mask=None):
+    """Keras reads a ``mask`` keyword as its own padding-mask machinery (and warns that a layer "destroys" it);
+    ours is an additive attention mask, and the outputs carry no Keras mask."""
+    return None
+
+
 def _dims(x: tf.Tensor) -> list:
     """x's dimensions: Python ints where the shape is static, scalar tensors where it is not (traced shapes)."""
     dynamic = tf.shape(x)
@@ -98,6 +104,8 @@ class Attention(keras.layers.Layer):
 
     ``autocast=False``: the layer holds no variables of its own, and Keras must not cast its float keyword
     arguments (an fp32 mask would become -inf in fp16); its Dense layers cast their own inputs."""
+
+    compute_mask = _no_keras_mask
 
     def __init__(self, config, layer_idx: int, is_cross_attention: bool = False, **kwargs) -> None:
         super().__init__(autocast=False, **kwargs)
@@ -185,6 +193,8 @@ class MLP(keras.layers.Layer):
 class Block(keras.layers.Layer):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)) [+ crossattention(ln_cross_attn(x))] + mlp(ln_2(x)).
     LayerNorm statistics are fp32 under mixed precision (Keras' layer_normalization computes in at least fp32)."""
+
+    compute_mask = _no_keras_mask
 
     def __init__(self, config, layer_idx: int, **kwargs) -> None:
         super().__init__(autocast=False, **kwargs)  # as Attention: its float keyword arguments stay as given
