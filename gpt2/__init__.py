@@ -32,6 +32,13 @@ _LAZY = {
     "GPT2ForSequenceClassification": "gpt2.torch",
     "GPT2ForTokenClassification": "gpt2.torch",
     "GPT2ForQuestionAnswering": "gpt2.torch",
+    # TensorFlow classes (importing one of these imports tensorflow and Keras 3)
+    "TFGPT2Model": "gpt2.tf",
+    "TFGPT2LMHeadModel": "gpt2.tf",
+    "TFGPT2DoubleHeadsModel": "gpt2.tf",
+    "TFGPT2ForSequenceClassification": "gpt2.tf",
+    "TFGPT2ForTokenClassification": "gpt2.tf",
+    "TFGPT2ForQuestionAnswering": "gpt2.tf",
 }
 
 __all__ = sorted(_LAZY)

@@ -20,9 +20,19 @@ if keras.backend.backend() != "tensorflow":
 
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput  # noqa: E402
 from ..common.streamers import BaseStreamer, TextIteratorStreamer, TextStreamer  # noqa: E402  framework-free
+from .cache import KVCache  # noqa: E402
+from .heads import (  # noqa: E402
+    TFGPT2DoubleHeadsModel,
+    TFGPT2ForQuestionAnswering,
+    TFGPT2ForSequenceClassification,
+    TFGPT2ForTokenClassification,
+    TFGPT2LMHeadModel,
+)
+from .model import TFGPT2Model  # noqa: E402
 from .pretrained import TFGPT2PreTrainedModel  # noqa: E402
 
 __all__ = [
-    "TFGPT2PreTrainedModel", "TextStreamer", "TextIteratorStreamer", "BaseStreamer",
+    "TFGPT2DoubleHeadsModel", "TFGPT2ForQuestionAnswering", "TFGPT2ForSequenceClassification",
+    "TFGPT2ForTokenClassification", "TFGPT2LMHeadModel", "TFGPT2Model", "TFGPT2PreTrainedModel", "KVCache", "TextStreamer", "TextIteratorStreamer", "BaseStreamer",
     "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
 ]

@@ -146,6 +146,10 @@ class TFGPT2PreTrainedModel(keras.Model):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
+        head = self.get_output_embeddings()
+        if head is not None and self.config.tie_word_embeddings and not callable(getattr(head, "tie", None)):
+            raise NotImplementedError(f"{type(self).__name__}.resize_token_embeddings: the tied lm_head cannot be "
+                                      f"pointed at a new table (it has no tie(embedding) method)")
         rows, width = old.embeddings.shape
         size = new_num_tokens if new_num_tokens is not None else rows
         if pad_to_multiple_of:
@@ -161,7 +165,6 @@ class TFGPT2PreTrainedModel(keras.Model):
         new.build()
         new.embeddings.assign(new_table)
         _replace(self.trunk, "wte", new)
-        head = self.get_output_embeddings()
         if head is not None and not self.config.tie_word_embeddings:
             kernel = weights.to_numpy(head.kernel)  # [in, vocab]
             new_head = keras.layers.Dense(size, use_bias=False, kernel_initializer=init, dtype=head.dtype_policy,
@@ -172,6 +175,7 @@ class TFGPT2PreTrainedModel(keras.Model):
                                                   axis=1))
             _replace(self, "lm_head", new_head)
         self.config.vocab_size = size
+        self.trunk.config.vocab_size = size  # the same object once post_init has run; a copy otherwise
         self.tie_weights()
         return new
 
@@ -363,7 +367,10 @@ def _replace(layer: keras.layers.Layer, name: str, value) -> None:
     if locked:
         tracker.unlock()
     try:
-        if hasattr(layer, name):
+        old = getattr(layer, name, None)
+        if old is not None:
+            if tracker is not None:  # Keras 3 untracks a deleted variable, not a deleted sub-layer
+                tracker.untrack(old)
             delattr(layer, name)
         setattr(layer, name, value)
     finally:
