@@ -44,7 +44,8 @@ COMMON_LAZY_FRAMEWORK_IMPORTS = {
 # Methods a framework needs for its own machinery, not part of the shared outline.
 FRAMEWORK_METHODS = {
     "torch": {"extra_repr"},
-    "tf": {"build", "get_config", "compute_output_shape", "serving", "input_signature"},
+    "tf": {"build", "get_config", "compute_output_shape", "serving", "input_signature", "train_step", "test_step",
+           "predict_step", "compute_loss"},
     "flax": set(),
 }
 SHAPE_COMMENT = re.compile(r"#\s*(\((?:[A-Za-z0-9_*+\-/ ]+,\s*)*[A-Za-z0-9_*+\-/ ]+\))")
