@@ -301,6 +301,15 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         """Texts (B,) -> ids (B, None) int64, ragged: no truncation, padding or bos (the ids of
         ``GPT2Tokenizer(...).encode(text)`` without add_bos_token)."""
         texts = tf.reshape(self._strings(inputs), [-1])
+        if tf.executing_eagerly():  # eager ops one by one cost ~10x the traced graph (the merge loop's rounds)
+            return self._tokenize_traced(texts)
+        return self._tokenize(texts)
+
+    @functools.cached_property
+    def _tokenize_traced(self):
+        return tf.function(self._tokenize, input_signature=[tf.TensorSpec([None], tf.string)])
+
+    def _tokenize(self, texts) -> tf.RaggedTensor:
         texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
         if self.add_prefix_space and not self.prefix_space_per_segment:
             texts = tf.strings.join([" ", texts])
@@ -342,37 +351,62 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             keep = ~hit | first  # a whole-token piece keeps one symbol: its token
             symbols = tf.boolean_mask(tf.where(hit, tf.gather(whole, byte_piece), symbols), keep)
             byte_piece = tf.boolean_mask(byte_piece, keep)
-        symbols, byte_piece = self._merge(symbols, byte_piece, n_pieces)
+        symbols, kept = self._merge(symbols, byte_piece)
+        byte_piece = tf.boolean_mask(byte_piece, kept)
         return tf.RaggedTensor.from_value_rowids(symbols, tf.cast(tf.gather(piece_row, byte_piece), tf.int64),
                                                  nrows=tf.shape(texts, out_type=tf.int64)[0])
 
-    def _merge(self, symbols, piece, n_pieces):
+    def _merge(self, symbols, piece):
         """BPE over all pieces at once: each round merges, in every piece, its lowest-ranked pair wherever it occurs
-        (non-overlapping, left to right: "a a a" -> "aa a"), until no piece has a pair that is a merge."""
-        def round_(symbols, piece, _):
+        (non-overlapping, left to right: "a a a" -> "aa a"), until no piece has a pair that is a merge. A piece
+        that merged nothing in a round is final and leaves the working set, so a round costs what is still being
+        merged (a few long pieces), not the batch. Returns the final symbols and each one's index in ``symbols``."""
+        size = tf.size(symbols)
+
+        def round_(symbols, piece, position, finished, step):
+            # Pieces renumbered 0, 1, ... in the working set (they stay in order), for the sorted segment ops.
+            piece = tf.cumsum(tf.cast(tf.concat([[False], piece[1:] != piece[:-1]], 0), tf.int32))
             same = piece[:-1] == piece[1:]
             keys = symbols[:-1] * self._pair_base + symbols[1:]
             ranks = tf.where(same, self._ranks.lookup(keys), _NO_RANK)
-            best = tf.gather(tf.math.unsorted_segment_min(ranks, piece[:-1], n_pieces), piece[:-1])
+            pair_piece = piece[:-1]
+            best = tf.gather(tf.math.unsorted_segment_min(ranks, pair_piece, piece[-1] + 1), pair_piece)
             candidate = (ranks == best) & (ranks != _NO_RANK)
             # In a chain of overlapping candidates (a run "x x x x" of the pair x x), the 1st, 3rd, ... merge.
             index = tf.range(tf.size(candidate))
             chain = tf.cumsum(tf.cast(~candidate, tf.int32))  # equal along a chain of consecutive candidates
-            chain_start = tf.gather(tf.math.unsorted_segment_min(tf.where(candidate, index, tf.size(candidate)),
-                                                                 chain, tf.size(candidate) + 1), chain)
+            chain_start = tf.gather(tf.math.segment_min(tf.where(candidate, index, tf.size(candidate)), chain), chain)
             merge = candidate & ((index - chain_start) % 2 == 0)
             merged = tf.gather(self._merged_ids, tf.where(merge, ranks, 0))
             symbols = tf.where(tf.concat([merge, [False]], 0), tf.concat([merged, [0]], 0), symbols)
             keep = tf.concat([[True], ~merge], 0)  # the right half of a merged pair goes
-            return tf.boolean_mask(symbols, keep), tf.boolean_mask(piece, keep), tf.reduce_any(merge)
+            active = tf.math.unsorted_segment_max(tf.cast(merge, tf.int32), pair_piece, piece[-1] + 1) > 0
+            active = tf.gather(tf.concat([active, [False]], 0), piece)  # a piece of one symbol has no pair
+            done = keep & ~active
+            finished = (finished[0].write(step, tf.boolean_mask(symbols, done)),
+                        finished[1].write(step, tf.boolean_mask(position, done)))
+            going = keep & active
+            return (tf.boolean_mask(symbols, going), tf.boolean_mask(piece, going),
+                    tf.boolean_mask(position, going), finished, step + 1)
 
-        def more(symbols, piece, merged):
-            return merged & (tf.size(symbols) > 1)
+        def more(symbols, *_):
+            return tf.size(symbols) > 0
 
-        symbols, piece, _ = tf.while_loop(
-            more, round_, (symbols, piece, tf.size(symbols) > 1),
-            shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])))
-        return symbols, piece
+        # Final symbols and their positions, one chunk per round (chunk 0: empty, so that there is always one).
+        # Chunk 0: pieces of one symbol (single bytes, whole tokens), final before any round.
+        new = tf.concat([[True], piece[1:] != piece[:-1]], 0)[:size]
+        alone = new & tf.concat([new[1:], [True]], 0)
+        position = tf.range(size)
+        finished = tuple(tf.TensorArray(x.dtype, size=1, dynamic_size=True, infer_shape=False, element_shape=[None])
+                         .write(0, tf.boolean_mask(x, alone)) for x in (symbols, position))
+        _, _, _, finished, _ = tf.while_loop(
+            more, round_, (symbols[~alone], piece[~alone], position[~alone], finished, tf.constant(1)),
+            shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([None]),
+                              (tf.TensorShape(None), tf.TensorShape(None)), tf.TensorShape([])))
+        done, position = finished[0].concat(), finished[1].concat()
+        # Back in text order: a symbol keeps the position of its first byte, unique and increasing along a text.
+        kept = tf.scatter_nd(position[:, None], tf.ones_like(position), [size]) > 0
+        return tf.boolean_mask(tf.scatter_nd(position[:, None], done, [size]), kept), kept
 
     def call(self, inputs, max_length: int | None = None) -> dict:
         """Texts (B,) (or one text) -> ``{"input_ids", "attention_mask"}``, int32: (B, T) padded, or ragged
