@@ -363,11 +363,11 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
                      record_scores=bool(cfg.return_dict_in_generate and cfg.output_scores),
                      record_logits=bool(cfg.return_dict_in_generate and cfg.output_logits))
     if isinstance(seed, tf.random.Generator):
-        seed = seed.uniform_full_int([2], dtype=tf.int32)
+        seed = seed.uniform_full_int([2], dtype=tf.int64)
     elif seed is None:
-        seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
     else:
-        seed = tf.constant([0, int(seed)] if np.ndim(seed) == 0 else list(seed), tf.int32)
+        seed = tf.constant([int(seed) >> 32, int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed], tf.int64)
     args = (tf.constant(ids), tf.constant(mask), tf.constant(shift, tf.int32),
             tf.constant(shift + run.max_length, tf.int32), tf.constant(numbers or [0], tf.int32), seed)
     if cfg.disable_compile:
@@ -405,12 +405,39 @@ def _record(buffer, step, values):
     return tf.tensor_scatter_nd_update(buffer, tf.stack([tf.range(rows), tf.fill([rows], step)], axis=1), values)
 
 
-def gumbel(shape, seed, step):
-    """Gumbel(0, 1) noise from the stateless RNG keyed by (seed, step): argmax(scores + noise) samples
-    softmax(scores) (the Gumbel-max trick), top-k of it samples k without replacement."""
-    u = tf.random.stateless_uniform(shape, seed=tf.random.experimental.stateless_fold_in(seed, step),
-                                    minval=np.finfo(np.float32).tiny, maxval=1.0)
-    return -tf.math.log(-tf.math.log(u))
+def _mul32(a: tf.Tensor, b: int) -> tf.Tensor:
+    """(a * b) mod 2**32 for int64 ``a`` in [0, 2**32), in halves so that no product overflows int64."""
+    low, high = tf.bitwise.bitwise_and(a, 0xFFFF), tf.bitwise.right_shift(a, 16)
+    return tf.bitwise.bitwise_and(low * b + tf.bitwise.left_shift(tf.bitwise.bitwise_and(high * b, 0xFFFF), 16),
+                                  0xFFFFFFFF)
+
+
+def _mix(x: tf.Tensor) -> tf.Tensor:
+    """MurmurHash3's 32-bit finalizer (fmix32): every input bit flips each output bit with probability ~1/2."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = _mul32(x, 0x85EBCA6B)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
+    x = _mul32(x, 0xC2B2AE35)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def uniform(shape, seed, step) -> tf.Tensor:
+    """Uniform floats in (0, 1) from a counter-based hash of (seed, step, element index), in integer ops that
+    give the same bits eagerly and under XLA (TF's stateless RNG kernels do not: XLA's Philox differs from the CPU
+    kernel's)."""
+    seed = tf.cast(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF), tf.int64)
+    key = _mix(tf.bitwise.bitwise_xor(_mix(seed[0]), seed[1]))
+    key = _mix(tf.bitwise.bitwise_xor(key, _mul32(tf.cast(step, tf.int64) + 1, 0x9E3779B9)))
+    counter = tf.reshape(tf.range(tf.reduce_prod(shape), dtype=tf.int64), shape)
+    bits = _mix(_mix(tf.bitwise.bitwise_xor(_mul32(counter, 0x9E3779B9), key)))
+    # 24 random bits, centred in their interval: never 0 or 1
+    return (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def gumbel(shape, seed, step) -> tf.Tensor:
+    """Gumbel(0, 1) noise keyed by (seed, step): argmax(scores + noise) samples softmax(scores) (the Gumbel-max
+    trick), the top k of it samples k without replacement (beam sampling)."""
+    return -tf.math.log(-tf.math.log(uniform(shape, seed, step)))
 
 
 def _sample(decoder: Decoder, ids, *, static: _Static, shift, max_length, processors, stop: Stop, seed):
