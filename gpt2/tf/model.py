@@ -298,7 +298,13 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             attention_mask = _flat(attention_mask)
         if inputs_embeds is not None and inputs_embeds.shape.rank > 3:
             inputs_embeds = tf.reshape(inputs_embeds, [-1, *_dims(inputs_embeds)[-2:]])
-        B, T = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids, token_type_ids)
+        B, T, checks = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids,
+                                          token_type_ids)
+        if checks:  # traced: the assertions run before anything reads the values (a gather, the mask)
+            with tf.control_dependencies(checks):
+                input_ids, position_ids, token_type_ids, attention_mask = (
+                    t if t is None else tf.identity(t) for t in (input_ids, position_ids, token_type_ids,
+                                                                  attention_mask))
         if position_ids is None:
             position_ids = tf.range(past, past + T)[None, :]  # (1, T)
         x = self.embed(input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
@@ -380,12 +386,14 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
                         f"{type(past_key_values).__name__}")
 
     def _check_inputs(self, input_ids, inputs_embeds, past, attention_mask, position_ids, token_type_ids):
-        """Validate once, at the boundary, before any gather; returns (B, T)."""
+        """Validate once, at the boundary, before any gather; returns (B, T, the assertions a trace must run
+        first: none in eager mode, where every check reads the host)."""
         V, P = self.config.vocab_size, self.config.n_positions
+        checks = []
         if input_ids is not None:
             if not input_ids.dtype.is_integer:
                 raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype.name}")
-            _check_range(input_ids, V, "input_ids", "the vocabulary")
+            checks += _check_range(input_ids, V, "input_ids", "the vocabulary")
             B, T = _dims(input_ids)
         elif inputs_embeds.shape.rank != 3 or inputs_embeds.shape[-1] != self.config.n_embd:
             raise ValueError(f"inputs_embeds must be (B, T, {self.config.n_embd}), got {tuple(inputs_embeds.shape)}")
@@ -397,15 +405,16 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
                     raise ValueError(f"{past + T} positions ({past} cached + {T} new) exceed n_positions={P}: GPT-2 "
                                      f"has no position embedding beyond {P - 1}")
             else:
-                tf.debugging.assert_less_equal(past + T, P, message=f"more positions than n_positions={P}")
+                checks.append(tf.debugging.assert_less_equal(past + T, P,
+                                                             message=f"more positions than n_positions={P}"))
         else:
             if position_ids.shape[-1] is not None and isinstance(T, int) and position_ids.shape[-1] != T:
                 raise ValueError(f"position_ids has length {position_ids.shape[-1]}, input has {T}")
-            _check_range(position_ids, P, "position_ids", f"the position table (n_positions={P})")
+            checks += _check_range(position_ids, P, "position_ids", f"the position table (n_positions={P})")
         if token_type_ids is not None:
             if token_type_ids.shape[-1] is not None and isinstance(T, int) and token_type_ids.shape[-1] != T:
                 raise ValueError(f"token_type_ids has length {token_type_ids.shape[-1]}, input has {T}")
-            _check_range(token_type_ids, V, "token_type_ids", "the vocabulary")
+            checks += _check_range(token_type_ids, V, "token_type_ids", "the vocabulary")
         if attention_mask is not None and attention_mask.shape.rank == 2:
             expected = (B, past + T)
             if all(isinstance(d, int) for d in expected) and None not in attention_mask.shape:
@@ -413,12 +422,13 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
                     raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, "
                                      f"cached + new tokens) = {expected}")
             else:
-                tf.debugging.assert_equal(tf.shape(attention_mask), tf.stack(expected),
-                                          message="attention_mask's shape is not (batch, cached + new tokens)")
+                checks.append(tf.debugging.assert_equal(
+                    tf.shape(attention_mask, out_type=tf.int32), tf.cast(tf.stack(expected), tf.int32),
+                    message="attention_mask's shape is not (batch, cached + new tokens)"))
         elif attention_mask is not None and attention_mask.shape.rank != 4:
             raise ValueError(f"attention_mask must be (batch, cached + new tokens) or an additive 4-D mask, got "
                              f"shape {tuple(attention_mask.shape)}")
-        return B, T
+        return B, T, [c for c in checks if c is not None]
 
     def _self_attention_mask(self, attention_mask, B, T, past, dtype):
         """(additive mask or None, is_causal) for the self-attention of this step."""
@@ -481,18 +491,18 @@ def _block_output(block, kwargs):
     return run
 
 
-def _check_range(ids: tf.Tensor, size: int, name: str, what: str) -> None:
+def _check_range(ids: tf.Tensor, size: int, name: str, what: str) -> list:
     """Embedding gathers crash (CPU) or read zeros (GPU) on bad ids: refuse them with the offending value. Eager:
-    read on the host; traced: assertions that fail the step with the same words (XLA drops them)."""
+    read on the host; traced: returns assertions that fail the step with the same words (XLA drops them)."""
     if not tf.executing_eagerly():
-        tf.debugging.assert_non_negative(ids, message=f"{name} holds a negative value, outside {what}")
-        tf.debugging.assert_less(ids, tf.cast(size, ids.dtype),
-                                 message=f"{name} holds a value outside {what} (0..{size - 1})")
-        return
+        return [tf.debugging.assert_non_negative(ids, message=f"{name} holds a negative value, outside {what}"),
+                tf.debugging.assert_less(ids, tf.cast(size, ids.dtype),
+                                         message=f"{name} holds a value outside {what} (0..{size - 1})")]
     values = ids.numpy()
     if values.size == 0:
-        return
+        return []
     low, high = int(np.min(values)), int(np.max(values))
     if low < 0 or high >= size:
         bad = low if low < 0 else high
         raise ValueError(f"{name} holds {bad}, outside {what} (0..{size - 1})")
+    return []

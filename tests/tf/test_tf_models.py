@@ -304,3 +304,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
                                            atol=1e-6, rtol=0)
     finally:
         ours.gradient_checkpointing_disable()
+
+
+def test_the_whole_call_traces_with_xla_and_with_unknown_shapes():
+    """tf.function(model, jit_compile=True) (tuples out: return_dict=False) equals eager, loss included; a trace
+    over (None, None) ids (lengths unknown until run: the checks become assertions) too."""
+    ours = tf_model("GPT2LMHeadModel")
+    ids, mask = tf.constant(IDS), tf.constant(LEFT_PAD)
+    eager = ours(ids, attention_mask=mask, labels=ids)
+    xla = tf.function(lambda i, a: ours(i, attention_mask=a, labels=i, use_cache=False, return_dict=False),
+                      jit_compile=True)(ids, mask)
+    np.testing.assert_allclose(xla[1].numpy(), eager.logits.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(xla[0].numpy(), eager.loss.numpy(), atol=1e-5, rtol=0)
+    spec = [tf.TensorSpec([None, None], tf.int64)] * 2
+    unknown = tf.function(lambda i, a: ours(i, attention_mask=a, return_dict=False)[0], input_signature=spec)
+    np.testing.assert_allclose(unknown(ids, mask).numpy(), eager.logits.numpy(), atol=1e-5, rtol=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shape is not .batch, cached . new tokens"):
+        unknown(ids, mask[:, :4])
