@@ -45,6 +45,16 @@ class ModelOutput:
     def get(self, key, default=None):
         return getattr(self, key) if key in self.keys() else default
 
+    # TensorFlow's nest protocol (tf.nest, tf.function outputs, Keras' steps) without importing TensorFlow: the
+    # fields in order, None included, so that ``tf.function(model)`` returns the same output class.
+    def __tf_flatten__(self):
+        names = tuple(f.name for f in fields(self))
+        return names, tuple(getattr(self, name) for name in names)
+
+    @classmethod
+    def __tf_unflatten__(cls, names, components):
+        return cls(**dict(zip(names, components)))
+
 
 @dataclass
 class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):

@@ -164,6 +164,19 @@ class KVCache:
             for i, t in enumerate(store):
                 store[i] = tf.gather(t, beam_idx, axis=0)
 
+    # TensorFlow's nest protocol: a cache crosses tf.function boundaries (``tf.function(model)`` returns it in its
+    # output) as its tensors, its length and kind as static metadata.
+    def __tf_flatten__(self):
+        return (self.static, self.length), (tuple(self.keys), tuple(self.values), tuple(self.cross_keys),
+                                            tuple(self.cross_values))
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata, components):
+        static, length = metadata
+        cache = cls(components[0], components[1], static=static, length=length)
+        cache.cross_keys, cache.cross_values = list(components[2]), list(components[3])
+        return cache
+
     def crop(self, length: int) -> None:
         """Forget everything after the first ``length`` tokens."""
         if not self.static:
