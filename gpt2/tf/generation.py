@@ -292,7 +292,7 @@ class _Static(NamedTuple):
     """What one compiled function is specialised to (with the input shapes); everything else is traced."""
 
     capacity: int  # slots of the ids buffer and the cache: the prompt bucket, then the new tokens' bucket
-    specs: tuple  # (name, static options, names of the traced ones) per processor
+    specs: tuple  # per processor: its name, its static options, the names of its traced ones
     eos: tuple
     pad: int | None
     do_sample: bool
