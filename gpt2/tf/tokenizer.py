@@ -116,6 +116,15 @@ def _piece_starts(cp, cls, row):
     return starts
 
 
+def _utf8(text: str | bytes) -> bytes:
+    if isinstance(text, bytes):
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: re-read through UTF-16 as tiktoken and our tokenizers do
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
 class TFGPT2Tokenizer(keras.layers.Layer):
     """GPT-2's tokenizer as a Keras layer: a batch of strings in, ``input_ids`` and ``attention_mask`` out.
 
@@ -281,15 +290,18 @@ class TFGPT2Tokenizer(keras.layers.Layer):
     # -- tokenizing -----------------------------------------------------------------------------------------------
     @staticmethod
     def _strings(inputs) -> tf.Tensor:
-        """Host-side check: a string tensor (or str / bytes / a list of them) of rank 0 or 1."""
-        if not isinstance(inputs, (tf.Tensor, tf.RaggedTensor)) and not hasattr(inputs, "dtype"):
-            if isinstance(inputs, (str, bytes)) or (isinstance(inputs, (list, tuple))
-                                                    and all(isinstance(t, (str, bytes)) for t in inputs)):
-                inputs = tf.constant(inputs, tf.string) if len(inputs) or isinstance(inputs, (str, bytes)) else (
-                    tf.zeros([0], tf.string))
-            else:
-                raise TypeError(f"TFGPT2Tokenizer takes strings (a tf.string tensor, str or a list of str), got "
-                                f"{type(inputs).__name__}")
+        """Host-side check: a string tensor (or str / bytes / a list of them) of rank 0 or 1. A str is encoded as
+        the Python tokenizers read it (lone surrogates, which UTF-8 cannot hold, become U+FFFD)."""
+        if isinstance(inputs, (str, bytes)):
+            return tf.constant(_utf8(inputs), tf.string)
+        if isinstance(inputs, (list, tuple)):
+            if not all(isinstance(t, (str, bytes)) for t in inputs):
+                kinds = sorted({type(t).__name__ for t in inputs if not isinstance(t, (str, bytes))})
+                raise TypeError(f"TFGPT2Tokenizer takes a list of str or bytes, got items of type {kinds}")
+            return tf.constant([_utf8(t) for t in inputs], tf.string, shape=[len(inputs)])
+        if not isinstance(inputs, (tf.Tensor, np.ndarray)) and not keras.backend.is_keras_tensor(inputs):
+            raise TypeError(f"TFGPT2Tokenizer takes strings (a tf.string tensor, str or a list of str), got "
+                            f"{type(inputs).__name__}")
         inputs = tf.convert_to_tensor(inputs)
         if inputs.dtype != tf.string:
             raise TypeError(f"TFGPT2Tokenizer takes a tf.string tensor, got dtype {inputs.dtype.name}")
