@@ -64,6 +64,10 @@ class _TiedLMHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self._tied = _Tied(embedding)  # the trunk owns (and tracks) the table: the head only reads it
 
+    def tie(self, embedding: keras.layers.Embedding) -> None:
+        """Read ``embedding``'s table from now on (tie_weights, after the trunk's wte was replaced)."""
+        self._tied = _Tied(embedding)
+
     def call(self, x: tf.Tensor) -> tf.Tensor:
         w = tf.cast(self._tied.embedding.embeddings, x.dtype)
         return tf.matmul(x, w, transpose_b=True)
@@ -89,6 +93,7 @@ class TFGPT2LMHeadModel(GenerationMixin, TFGPT2PreTrainedModel):
         super().__init__(config, **kwargs)
         self.transformer = TFGPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
         self.lm_head = _lm_head(self.config, self.transformer, self.dtype_policy)
+        self.post_init()
 
     def build(self, input_shape=None) -> None:
         self.transformer.build()
@@ -173,6 +178,7 @@ class TFGPT2DoubleHeadsModel(GenerationMixin, TFGPT2PreTrainedModel):
         self.transformer = TFGPT2Model(config, name="transformer", dtype=self.dtype_policy)
         self.lm_head = _lm_head(config, self.transformer, self.dtype_policy)
         self.multiple_choice_head = SequenceSummary(config, name="multiple_choice_head", dtype=self.dtype_policy)
+        self.post_init()
 
     def build(self, input_shape=None) -> None:
         self.transformer.build()
@@ -207,6 +213,7 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         super().__init__(config, **kwargs)
         self.transformer = TFGPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
         self.score = _dense(self.config.num_labels, self.config, "score", self.dtype_policy, use_bias=False)
+        self.post_init()
 
     def build(self, input_shape=None) -> None:
         self.transformer.build()
@@ -268,6 +275,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
         p = p if p is not None else getattr(config, "hidden_dropout", None)
         self.dropout = keras.layers.Dropout(p if p is not None else 0.1, dtype=self.dtype_policy)  # transformers'
         self.classifier = _dense(config.num_labels, config, "classifier", self.dtype_policy)
+        self.post_init()
 
     def build(self, input_shape=None) -> None:
         self.transformer.build()
@@ -293,6 +301,7 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
         super().__init__(config, **kwargs)
         self.transformer = TFGPT2Model(self.config, name="transformer", dtype=self.dtype_policy)
         self.qa_outputs = _dense(2, self.config, "qa_outputs", self.dtype_policy)
+        self.post_init()
 
     def build(self, input_shape=None) -> None:
         self.transformer.build()

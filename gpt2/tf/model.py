@@ -258,6 +258,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         self.h = [Block(config, i, name=f"h_{i}", dtype=policy) for i in range(config.n_layer)]
         self.ln_f = keras.layers.LayerNormalization(epsilon=config.layer_norm_epsilon, name="ln_f", dtype=policy)
         self.gradient_checkpointing = False
+        self.post_init()
 
     def build(self, input_shape=None) -> None:
         """Create every weight from the config alone (no forward): the input shape is not needed."""

@@ -278,3 +278,21 @@ def test_embeddings_utilities_and_resize(tmp_path):
     model.enable_input_require_grads()  # a documented no-op under GradientTape
     model.disable_input_require_grads()
     assert "CPU" in model.device
+
+
+def test_resize_a_tied_model_keeps_the_head_tied(tmp_path):
+    """The tied lm_head reads the trunk's new table after a resize (tie_weights through the head's tie()), and the
+    model and its trunk share one config (post_init)."""
+    import gpt2.tf as ours
+
+    pt = torch_model("GPT2LMHeadModel")
+    pt.save_pretrained(tmp_path)
+    model = ours.TFGPT2LMHeadModel.from_pretrained(tmp_path)
+    assert model.trunk.config is model.config
+    model.resize_token_embeddings(56)
+    assert model.config.vocab_size == 56
+    logits = model(input_ids=tf.constant(IDS)).logits
+    assert logits.shape == (2, 6, 56)
+    np.testing.assert_allclose(np.asarray(logits)[..., :50], torch_outputs(pt, IDS)["logits"], atol=1e-4)
+    x = model.trunk(input_ids=tf.constant(IDS)).last_hidden_state
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(x) @ model.trunk.wte.embeddings.numpy().T, atol=1e-5)
