@@ -27,6 +27,8 @@ What needs the host between steps (streamers, stop_strings, max_time, Python log
 prefix_allowed_tokens_fn, assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, tf
 column); so are inputs_embeds, token_type_ids and per-step attentions / hidden states, not implemented here.
 ``generation_config.disable_compile=True`` runs the same loop eagerly (the reference the tests compare with).
+``tf.function(model.generate, jit_compile=True)`` inlines the same loop in the caller's function; its sequences are
+then (B*n, max_length), padded after each row's end (transformers' TF XLA rule), see ``_generate_traced``.
 """
 
 from __future__ import annotations
@@ -183,13 +185,13 @@ class GenerationMixin:
             if input_ids is not None:
                 raise ValueError("give input_ids or inputs, not both")
             input_ids = kwargs.pop("inputs")
-        if not tf.executing_eagerly():
-            raise RuntimeError(
-                "generate() cannot run inside a tf.function: it checks its inputs on the host, picks the prompt "
-                "bucket and returns sequences whose length is only known at the end, and it is already compiled "
-                "with XLA (jit_compile=True), one function per prompt bucket kept on the model; call "
-                "model.generate(...) directly")
         cfg = merge_settings(self.generation_config, generation_config, **kwargs)
+        if not tf.executing_eagerly():  # inside the caller's tf.function (jit_compile=True or not)
+            return _generate_traced(self, cfg, input_ids=input_ids, attention_mask=attention_mask, seed=seed,
+                                    others=dict(streamer=streamer, logits_processor=logits_processor,
+                                                stopping_criteria=stopping_criteria, inputs_embeds=inputs_embeds,
+                                                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                                                token_type_ids=token_type_ids, assistant=assistant_model))
         return _generate(self, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                          seed=seed, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                          prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
@@ -379,6 +381,53 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
             functions[key] = tf.function(functools.partial(_decode, model, static), jit_compile=True)
         result = functions[key](*args)
     return _finish(model, cfg, run, static, result, shift=shift, prompt=P)
+
+
+def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask, seed, others: dict):
+    """generate() traced by the caller (``tf.function(model.generate, jit_compile=True)``): the same loop, inlined
+    in the caller's function. Nothing can be read on the host there, so the prompt is not bucketed (the caller's
+    function is specialised to its shapes anyway), token ids cannot be range-checked (give checked ids), the
+    sequences come back as transformers' TF generate() returns them under XLA: (B*n, max_length), padded after
+    each row's end with the padding id; return_dict_in_generate is refused (the number of steps is traced)."""
+    if any(v for v in others.values()):
+        names = ", ".join(k for k, v in others.items() if v)
+        raise ValueError(f"generate() inside tf.function: {names} not supported in tf (see generate()'s docstring)")
+    check_options(cfg, framework="tf")
+    if cfg.return_dict_in_generate:
+        raise ValueError("generate() inside tf.function: return_dict_in_generate is not supported there (call "
+                         "model.generate eagerly: it is compiled with XLA already)")
+    ids = tf.convert_to_tensor(input_ids)
+    if ids.shape.rank != 2 or None in ids.shape or not ids.dtype.is_integer:
+        raise ValueError(f"generate() inside tf.function needs input_ids of a static 2-D integer shape, got "
+                         f"{ids.dtype.name} of shape {ids.shape}")
+    V, (B, T) = model.config.vocab_size, ids.shape
+    run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
+               has_attention_mask=attention_mask is not None)
+    ids = tf.cast(ids, tf.int32)
+    if attention_mask is not None:
+        mask = tf.cast(attention_mask, tf.int32)
+    elif run.may_infer_mask(has_attention_mask=False):
+        mask = tf.cast(ids != run.pad, tf.int32)  # transformers infers the mask from the padding
+    else:
+        mask = tf.ones_like(ids)
+    if run.rows_per_prompt > 1:
+        ids, mask = tf.repeat(ids, run.rows_per_prompt, axis=0), tf.repeat(mask, run.rows_per_prompt, axis=0)
+    spec_key, numbers = _static_specs(processor_specs(cfg, run, vocab_size=V))
+    static = _Static(capacity=run.max_length, specs=spec_key, eos=run.eos, pad=run.pad,
+                     do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
+                     num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
+                     length_penalty=float(cfg.length_penalty), record_scores=False, record_logits=False)
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    seed = tf.cast(tf.stack([0, seed]) if tf.convert_to_tensor(seed).shape.rank == 0 else seed, tf.int64)
+    result = _decode(model, static, ids, mask, tf.constant(0), tf.constant(run.max_length),
+                     tf.constant(numbers or [0], tf.int32), seed)
+    out = result["ids"]
+    if static.num_beams > 1:
+        n = static.num_return_sequences
+        return tf.reshape(tf.reshape(out, [-1, static.num_beams, run.max_length])[:, :n], [-1, run.max_length])
+    fill = run.pad if run.pad is not None else 0
+    return tf.where(tf.range(run.max_length)[None, :] < result["length"], out, fill)
 
 
 def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed):

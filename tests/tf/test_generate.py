@@ -290,7 +290,18 @@ def test_bad_input_is_checked_on_the_host(pairs):
         tfm.generate(IDS, max_new_tokens=2, tempreature=0.5)
 
 
-def test_inside_a_user_tf_function_is_refused_with_the_reason(pairs):
-    _, tfm, _ = pairs[0]
-    with pytest.raises(RuntimeError, match="tf.function"):
-        tf.function(tfm.generate)(tf.constant(IDS), max_new_tokens=2)
+def test_inside_a_user_xla_function(compiled_pair):
+    """tf.function(model.generate, jit_compile=True): the same tokens, padded to max_length as transformers' TF
+    generate() returns them under XLA."""
+    ours, tfm = compiled_pair
+    kwargs = dict(max_new_tokens=10, eos_token_id=[7, 21], pad_token_id=PAD, **COMPILED["greedy"])
+    want = ids_of(run(tfm, IDS, attention_mask=MASK, **kwargs))
+    xla = tf.function(tfm.generate, jit_compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = xla(tf.constant(IDS), attention_mask=tf.constant(MASK), **kwargs).numpy()
+    assert got.shape == (3, IDS.shape[1] + 10)
+    assert np.array_equal(got[:, :want.shape[1]], want)
+    assert (got[:, want.shape[1]:] == PAD).all()
+    with pytest.raises(ValueError, match="return_dict_in_generate"):
+        tf.function(tfm.generate)(tf.constant(IDS), max_new_tokens=2, return_dict_in_generate=True)
