@@ -62,7 +62,8 @@ def _row_mask(tokens: tf.Tensor, keep: tf.Tensor, vocab_size: int) -> tf.Tensor:
     """(B, V) bool: row b holds token v for some position p with keep[b, p] (tokens (B, P) int, keep (B, P) bool)."""
     B, P = tf.shape(tokens)[0], tf.shape(tokens)[1]
     rows = tf.broadcast_to(tf.range(B)[:, None], [B, P])
-    index = tf.stack([rows, tf.clip_by_value(tf.cast(tokens, tf.int32), 0, vocab_size - 1)], axis=-1)  # B x P index pairs
+    tokens = tf.clip_by_value(tf.cast(tokens, tf.int32), 0, vocab_size - 1)
+    index = tf.stack([rows, tokens], axis=-1)  # B x P pairs (row, token)
     hits = tf.tensor_scatter_nd_max(tf.zeros([B, vocab_size], tf.int32), tf.reshape(index, [-1, 2]),
                                     tf.reshape(tf.cast(keep, tf.int32), [-1]))
     return hits > 0
