@@ -380,7 +380,14 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         if past_key_values is None:
             return KVCache() if use_cache else None
         if isinstance(past_key_values, KVCache):
-            return past_key_values
+            # A new cache over the same tensors: the caller's is left as it was (TF tensors are values, and
+            # tf.function refuses calls that modify their Python arguments); the output holds the extended one,
+            # as transformers' TF models return new presents.
+            given = past_key_values
+            cache = KVCache(given.keys, given.values, static=given.static, length=given.length)
+            cache.cross_keys, cache.cross_values = list(given.cross_keys), list(given.cross_values)
+            cache.position = given.position
+            return cache
         if isinstance(past_key_values, (tuple, list)):
             return KVCache.from_legacy_cache(past_key_values)
         raise TypeError(f"past_key_values must be a KVCache or transformers' tuple format, got "

@@ -113,3 +113,21 @@ def test_reorder_and_crop():
     static.advance(5)
     static.crop(3)
     assert static.get_seq_length() == 3 and static.capacity == 6 and static[0][0].shape[2] == 3
+
+
+def test_a_traced_model_returns_its_output_class_and_leaves_the_callers_cache_alone():
+    """tf.function(model): outputs and the cache cross the function boundary (TF's nest protocol), and a cache
+    given back is extended in a new cache, never modified (tf.function refuses calls that modify their arguments;
+    transformers' TF models return new presents)."""
+    from gpt2.common.config import GPT2Config
+    from gpt2.tf import TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=8, n_head=2, vocab_size=11, n_positions=7))
+    traced = tf.function(model)
+    first = traced(tf.constant([[1, 2, 3]]))
+    assert type(first).__name__ == "CausalLMOutputWithCrossAttentions"
+    assert isinstance(first.past_key_values, KVCache) and first.past_key_values.get_seq_length() == 3
+    second = traced(tf.constant([[4]]), past_key_values=first.past_key_values)
+    assert first.past_key_values.get_seq_length() == 3 and second.past_key_values.get_seq_length() == 4
+    full = model(tf.constant([[1, 2, 3, 4]])).logits[:, -1]
+    np.testing.assert_allclose(second.logits[:, -1].numpy(), full.numpy(), atol=1e-6)

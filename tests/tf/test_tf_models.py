@@ -133,7 +133,9 @@ def test_incremental_decoding_equals_full_pass():
     for t in range(3, 6):
         out = ours(ids[:, t:t + 1], past_key_values=cache, attention_mask=mask[:, :t + 1],
                    position_ids=positions[:, t:t + 1])
+        assert cache.get_seq_length() == t  # the cache given is left as it was; the output holds the new one
         steps.append(out.logits.numpy())
+        cache = out.past_key_values
     assert cache.get_seq_length() == 6
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5, rtol=0)
     plain = ours(ids).logits.numpy()
@@ -157,8 +159,10 @@ def test_static_cache_eager_and_at_a_position_under_xla():
     plain = ours(ids).logits.numpy()
     cache = KVCache.for_model(ours, 2, 10)
     a = ours(ids[:, :4], past_key_values=cache)
-    b = ours(ids[:, 4:], past_key_values=cache)
-    assert a.past_key_values is cache and cache.get_seq_length() == 6 and cache.capacity == 10
+    b = ours(ids[:, 4:], past_key_values=a.past_key_values)
+    assert cache.get_seq_length() == 0 and a.past_key_values.get_seq_length() == 4  # the given one is unchanged
+    cache = b.past_key_values
+    assert cache.get_seq_length() == 6 and cache.capacity == 10
     np.testing.assert_allclose(b.logits.numpy(), plain[:, 4:], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="static KV cache"):
         ours(tf.ones((2, 5), tf.int32), past_key_values=cache)
