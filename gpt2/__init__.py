@@ -39,6 +39,7 @@ _LAZY = {
     "TFGPT2ForSequenceClassification": "gpt2.tf",
     "TFGPT2ForTokenClassification": "gpt2.tf",
     "TFGPT2ForQuestionAnswering": "gpt2.tf",
+    "TFGPT2Tokenizer": "gpt2.tf",
 }
 
 __all__ = sorted(_LAZY)

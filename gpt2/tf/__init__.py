@@ -30,9 +30,11 @@ from .heads import (  # noqa: E402
 )
 from .model import TFGPT2Model  # noqa: E402
 from .pretrained import TFGPT2PreTrainedModel  # noqa: E402
+from .tokenizer import TFGPT2Tokenizer  # noqa: E402
 
 __all__ = [
     "TFGPT2DoubleHeadsModel", "TFGPT2ForQuestionAnswering", "TFGPT2ForSequenceClassification",
-    "TFGPT2ForTokenClassification", "TFGPT2LMHeadModel", "TFGPT2Model", "TFGPT2PreTrainedModel", "KVCache", "TextStreamer", "TextIteratorStreamer", "BaseStreamer",
+    "TFGPT2ForTokenClassification", "TFGPT2LMHeadModel", "TFGPT2Model", "TFGPT2PreTrainedModel", "TFGPT2Tokenizer",
+    "KVCache", "TextStreamer", "TextIteratorStreamer", "BaseStreamer",
     "GenerateDecoderOnlyOutput", "GenerateBeamDecoderOnlyOutput",
 ]
