@@ -132,7 +132,17 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
                 _COMPILED_LOOP + "cannot call Python criteria between steps"),
     Unsupported("prefix_allowed_tokens_fn", _given, False, True, True,
                 _COMPILED_LOOP + "cannot call a Python function per row and step"),
+    Unsupported("logits_processor", bool, False, True, True,
+                _COMPILED_LOOP + "cannot call Python processors between steps"),
     Unsupported("assistant_model", _given, False, True, True, "assisted decoding is implemented in PyTorch only"),
+    Unsupported("inputs_embeds", _given, False, True, True,
+                "a prompt given as embeddings (soft prompts) is implemented in PyTorch's generate() only"),
+    Unsupported("token_type_ids", _given, False, True, True,
+                "the prompt's token types are implemented in PyTorch's generate() only"),
+    Unsupported("output_attentions", bool, False, True, True,
+                _COMPILED_LOOP + "keeps the scores and logits of each step, not attentions"),
+    Unsupported("output_hidden_states", bool, False, True, True,
+                _COMPILED_LOOP + "keeps the scores and logits of each step, not hidden states"),
 )
 
 

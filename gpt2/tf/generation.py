@@ -247,16 +247,10 @@ def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, s
     """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
     returns (input_ids, attention_mask) as int64 numpy arrays (the mask None when not given)."""
     check_options(cfg, framework="tf", streamer=streamer, assistant_model=assistant,
-                  stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
-    if logits_processor:
-        raise ValueError("generate(): logits_processor is not supported in tf (TF decodes in one compiled loop, "
-                         "which cannot call Python processors between steps)")
-    for name, value in (("inputs_embeds", inputs_embeds), ("token_type_ids", token_type_ids)):
-        if value is not None:
-            raise ValueError(f"generate(): {name} is not supported in tf (not implemented in the compiled loop)")
-    if cfg.return_dict_in_generate and (cfg.output_attentions or cfg.output_hidden_states):
-        raise ValueError("generate(): output_attentions / output_hidden_states are not supported in tf (the "
-                         "compiled loop keeps scores and logits only)")
+                  stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                  logits_processor=logits_processor, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids,
+                  output_attentions=cfg.return_dict_in_generate and cfg.output_attentions,
+                  output_hidden_states=cfg.return_dict_in_generate and cfg.output_hidden_states)
     V = model.config.vocab_size
     if input_ids is None:
         if cfg.bos_token_id is None:
