@@ -9,7 +9,9 @@ Measured (median of --repeats runs after a warm-up, same random weights loaded i
   must at least do. Ours by default (the fixed-shape step, run eagerly on the CPU), with disable_compile=True (the
   eager step: GPT2Model.forward per token) and with compile_config={} (torch.compile of the fixed step; its first
   call, the compilation, is reported apart); both with assistant_model = their own first 2 layers (assisted greedy
-  decoding: the same tokens, fewer full forwards).
+  decoding: the same tokens, fewer full forwards). Each decode is timed in turns with the floor (floor, decode,
+  floor, decode, ...), and its ratio to the floor is the median over the turns of (decode / the mean of the floors
+  measured just before and after it): a change of load on the machine moves both sides of a ratio.
 
 Run:  .venv/bin/python benchmarks/bench_torch.py [--repeats 5] [--threads 2] [--small] [--json out.json]
 """
@@ -42,9 +44,10 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def matvec_floor(model, repeats: int = 20) -> float:
-    """Seconds for ``x @ W`` over every weight matrix of ``model`` (an LM-head model), x one row: a decoding step
-    reads every weight once, and a matrix-vector product is the least it can do with each."""
+def floor_products(model):
+    """The matvec floor: a function computing ``x @ W`` once over every weight matrix of ``model`` (an LM-head
+    model; W [in, out] contiguous, x one row). A decoding step reads every weight once, and a matrix-vector product
+    is the least it can do with each."""
     matrices = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear)]
     rows = [torch.randn(1, w.shape[0]) for w in matrices]
 
@@ -53,7 +56,25 @@ def matvec_floor(model, repeats: int = 20) -> float:
             for x, w in zip(rows, matrices):
                 x @ w
 
-    return timed(products, repeats)
+    return products
+
+
+def in_turns(fn, floor, repeats: int, floors: list) -> tuple[float, float]:
+    """(median seconds of ``fn``, median over the turns of fn / the floor around it): ``fn`` and ``floor`` run in
+    turns, floor before and after every call of ``fn`` (each floor the median of 5 runs); ``floors`` collects the
+    floor's measures."""
+    fn()  # warm-up
+    times, ratios = [], []
+    before = timed(floor, 5)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        after = timed(floor, 5)
+        ratios.append(times[-1] / ((before + after) / 2))
+        floors.append(after)
+        before = after
+    return statistics.median(times), statistics.median(ratios)
 
 
 def main() -> int:
@@ -113,19 +134,24 @@ def main() -> int:
                                      pad_token_id=50256, **extra)
             assert out.shape[1] == 32 + new
 
-        floors = [matvec_floor(ours)]
-        a = timed(lambda: decode(ours), args.repeats) / new * 1e3
-        b = timed(lambda: decode(theirs), args.repeats) / new * 1e3
+        floors, per_token = [], {}  # per_token: (ms per token, its ratio to the floor measured around it)
+        products = floor_products(ours)
+
+        def measure(key, fn):
+            seconds, ratio = in_turns(fn, products, args.repeats, floors)
+            per_token[key] = (seconds / new * 1e3, ratio)
+            return per_token[key][0]
+
+        a = measure("ours", lambda: decode(ours))
+        b = measure("theirs", lambda: decode(theirs))
         rows.append(("decode ms/token (1x32 + %d greedy)" % new, a, b))
-        floors.append(matvec_floor(ours))
-        e = timed(lambda: decode(ours, disable_compile=True), args.repeats) / new * 1e3
+        e = measure("eager", lambda: decode(ours, disable_compile=True))
         rows.append(("decode ms/token, ours with disable_compile=True (the eager step)", e, b))
         start = time.perf_counter()
         decode(ours, compile_config={})  # torch.compile of the fixed-shape step (gpt2/torch/compiled.py)
         compile_seconds = time.perf_counter() - start
-        c = timed(lambda: decode(ours, compile_config={}), args.repeats) / new * 1e3
+        c = measure("compile", lambda: decode(ours, compile_config={}))
         rows.append(("decode ms/token, ours with compile_config={} (first call %.1f s)" % compile_seconds, c, b))
-        floors.append(matvec_floor(ours))
         floor = statistics.median(floors) * 1e3
         # Assisted greedy decoding, same tokens: the assistant is each model's own first 2 layers (with random
         # weights the later layers change the argmax little, so drafts are often accepted).
@@ -141,9 +167,13 @@ def main() -> int:
         with torch.inference_mode():
             same = ours.generate(prompt, assistant_model=drafts[0], **plain)
             assert torch.equal(same, ours.generate(prompt, **plain))
-        d = timed(lambda: ours.generate(prompt, assistant_model=drafts[0], **plain), max(1, args.repeats // 2))
-        f = timed(lambda: theirs.generate(prompt, assistant_model=drafts[1], **plain), max(1, args.repeats // 2))
+        d, d_ratio = in_turns(lambda: ours.generate(prompt, assistant_model=drafts[0], **plain), products,
+                              max(1, args.repeats // 2), floors)
+        f, f_ratio = in_turns(lambda: theirs.generate(prompt, assistant_model=drafts[1], **plain), products,
+                              max(1, args.repeats // 2), floors)
+        per_token["assisted"], per_token["theirs assisted"] = (d / new * 1e3, d_ratio), (f / new * 1e3, f_ratio)
         rows.append(("decode ms/token, assistant_model = first 2 layers (both)", d / new * 1e3, f / new * 1e3))
+        floor = statistics.median(floors) * 1e3
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads\n")
     print("| measure | ours | transformers | ours / transformers |")
@@ -151,14 +181,20 @@ def main() -> int:
     for name, a, b in rows:
         print(f"| {name} | {a:.4f} | {b:.4f} | {a / b:.2f} |")
     if floor is not None:
-        print(f"\nmatvec floor for decoding (x @ W over every weight matrix, median of {len(floors)} measures in "
-              f"this run: {', '.join(f'{t * 1e3:.2f}' for t in floors)}): {floor:.2f} ms/token")
-        print("| decode | ours / floor | transformers / floor |\n|---|---|---|")
-        for name, a, b in rows[2:]:
-            print(f"| {name} | {a / floor:.2f} | {b / floor:.2f} |")
+        print(f"\nmatvec floor for decoding (x @ W over every weight matrix), measured in turns with each decode: "
+              f"median {floor:.2f} ms/token (range {min(floors) * 1e3:.2f}-{max(floors) * 1e3:.2f}, "
+              f"{len(floors)} measures)")
+        print("| decode (median over turns of time / the floor around it) | ours / floor | transformers / floor |")
+        print("|---|---|---|")
+        theirs_ratio = per_token["theirs"][1]
+        for name, key in [("default (fixed step)", "ours"), ("disable_compile=True (eager step)", "eager"),
+                          ("compile_config={}", "compile")]:
+            print(f"| {name} | {per_token[key][1]:.2f} | {theirs_ratio:.2f} |")
+        print(f"| assisted, first 2 layers | {per_token['assisted'][1]:.2f} | {per_token['theirs assisted'][1]:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "floor_ms": floor}, f, indent=2)
+            json.dump({"rows": rows, "floor_ms": floor, "floors_ms": [t * 1e3 for t in floors],
+                       "decode_ms_and_ratio": per_token if floor is not None else None}, f, indent=2)
     return 0
 
 

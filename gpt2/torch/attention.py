@@ -4,6 +4,10 @@ All three honour the scale that GPT-2's config asks for (scale_attn_weights, sca
 reorder_and_upcast_attn (scores and softmax in fp32). transformers 4.57 ignores the first two under SDPA; we do
 not. Masks are additive, 0 where a query may look and the dtype's most negative finite value where it may not:
 a fully masked row (a left-padding query) then softmaxes to a uniform row instead of NaN (see common/numerics.py).
+
+On the CPU a decoding step's attention (one query per row over a short cache) runs on one thread (``OneThread``):
+its work is microseconds, less than waking a second thread costs, and a thread left spinning after it takes a core
+from whatever else runs on the machine, while the step's products of one row run on one thread anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+# A one-query attention over at most this many key elements (B * nh * S * hs) runs on one CPU thread: 128 Ki
+# elements of keys and as many of values (1 MiB in fp32) take ~40 us on one core, about what a fork/join of the
+# intra-op threads costs on a 2-core VM (SDPA over gpt2's 12 heads and 96 positions: ~75 us on 2 threads, ~23 us on
+# one). gpt2 (124M) with one row stays below it up to 170 positions.
+ONE_THREAD_KEYS = 1 << 17
 
 
 def mask_value(dtype: torch.dtype) -> float:
@@ -30,8 +39,45 @@ def scores_dtype(dtype: torch.dtype, upcast: bool, device_type: str) -> torch.dt
     return dtype
 
 
+class OneThread:
+    """``with OneThread(q, k):`` runs the attention of one query per row (a decoding step) on the CPU on one
+    intra-op thread when its keys hold at most ONE_THREAD_KEYS elements; otherwise, on other devices and while
+    torch.compile traces, it changes nothing.
+
+    Why: ATen's CPU kernels for it (SDPA's loop over (B, nh), batched matmul) hand each head to a thread of the
+    pool however small the work, so every layer of every decoding step pays a fork/join, and the woken thread then
+    spins, taking a core from other processes: on a busy 2-core machine the gpt2 step took 2.4x the time of the
+    same step on one thread (benchmarks/bench_torch.py, "decode"). The step's matrix products of one row run on one
+    thread whatever the setting (MKL's gemv), so nothing else changes. ``torch.set_num_threads`` is per calling
+    thread (OpenMP's nthreads-var, MKL's local setting): other threads are not affected, and the count found is
+    restored on exit.
+    """
+
+    __slots__ = ("threads",)
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        self.threads = 0
+        if (q.shape[-2] == 1 and q.device.type == "cpu" and k.numel() <= ONE_THREAD_KEYS
+                and not torch.compiler.is_compiling()):
+            self.threads = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.threads > 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.threads > 1:
+            torch.set_num_threads(self.threads)
+
+
 def eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
     """softmax(q k^T * scale + mask) v, explicitly; returns (y, probabilities). Shapes (B, nh, T|S, hs)."""
+    with OneThread(q, k):
+        return _eager_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout,
+                                head_mask=head_mask, upcast=upcast)
+
+
+def _eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
     T, S = q.shape[-2], k.shape[-2]
     if upcast:  # reorder_and_upcast_attn: the product and the softmax in fp32 (fp16 scores can overflow)
         with torch.autocast(q.device.type, enabled=False):
@@ -53,14 +99,16 @@ def eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: fl
 def sdpa_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, upcast: bool):
     """torch's scaled_dot_product_attention with GPT-2's scale; returns y (B, nh, T, hs)."""
     dtype = v.dtype
-    if upcast:  # fp32 whatever autocast would pick (as eager_attention): the model's mask is built in fp32
-        with torch.autocast(q.device.type, enabled=False):
-            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                               attn_mask=mask.float() if mask is not None else None,
-                                               dropout_p=dropout, is_causal=is_causal and mask is None, scale=scale)
-        return y.to(dtype)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                       is_causal=is_causal and mask is None, scale=scale)
+    with OneThread(q, k):
+        if upcast:  # fp32 whatever autocast would pick (as eager_attention): the model's mask is built in fp32
+            with torch.autocast(q.device.type, enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                   attn_mask=mask.float() if mask is not None else None,
+                                                   dropout_p=dropout, is_causal=is_causal and mask is None,
+                                                   scale=scale)
+            return y.to(dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                           is_causal=is_causal and mask is None, scale=scale)
     return y.to(dtype)
 
 

@@ -126,11 +126,13 @@ class FixedStep:
         return fn(self.model_ref(), self.ids, self.positions, self.mask, self.at_position)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+        self.position.fill_(n)
+        self.mask.select(3, n).fill_(0.0)  # the new token sees itself, and every later token sees it
+        if self.how == "fixed":  # nothing captured: the caller's ids and positions as they are, new logits
+            return decode_step(self.model_ref(), ids, positions, self.mask, self.at_position)
         self.ids.copy_(ids)
         self.positions.copy_(positions)
-        self.position.fill_(n)
-        self.mask[:, :, :, n] = 0.0  # the new token sees itself, and every later token sees it
-        if self.how != "cuda_graph":
+        if self.how == "compile":  # cudagraph trees (mode="reduce-overhead") re-use their output buffers
             return self._run().clone()
         if self.graph is None:
             self._capture()
