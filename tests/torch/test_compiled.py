@@ -244,3 +244,70 @@ def test_fixed_step_after_an_inputs_embeds_prompt(force_fixed):
     assert force_fixed
     assert torch.equal(fixed, m.generate(**kwargs, disable_compile=True))
     assert torch.equal(fixed, run(m)[:, IDS.shape[1]:IDS.shape[1] + 10])  # the same as the ids' prompt
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test (whatever the machine has), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@pytest.mark.parametrize("T, S, one", [(1, 7, True), (1, 2048, True), (1, 2049, False), (3, 7, False)])
+def test_one_query_attention_runs_on_one_thread(kernel, T, S, one, two_threads, monkeypatch):
+    """A decoding step's attention (one query per row, keys of at most ONE_THREAD_KEYS elements) runs on one CPU
+    thread, with the same result as on two, and the thread count is restored; longer or wider ones keep theirs."""
+    import gpt2.torch.attention as attention
+
+    B, nh, hs = 2, 4, 8  # 2 * 4 * 2048 * 8 = 2 ** 17 key elements: the limit
+    assert attention.ONE_THREAD_KEYS == B * nh * 2048 * hs
+    torch.manual_seed(0)
+    q, k, v = torch.randn(B, nh, T, hs), torch.randn(B, nh, S, hs), torch.randn(B, nh, S, hs)
+    mask = torch.zeros(B, 1, T, S).masked_fill_(torch.rand(B, 1, T, S) < 0.3, attention.mask_value(torch.float32))
+    seen = []
+    spy = {"sdpa": ("F", "scaled_dot_product_attention"), "eager": ("F", "softmax")}[kernel]
+    module = getattr(attention, spy[0])
+    original = getattr(module, spy[1])
+    monkeypatch.setattr(module, spy[1], lambda *a, **kw: seen.append(torch.get_num_threads()) or original(*a, **kw))
+
+    def run_kernel():
+        if kernel == "sdpa":
+            return attention.sdpa_attention(q, k, v, mask=mask, is_causal=False, scale=0.3, dropout=0.0, upcast=False)
+        return attention.eager_attention(q, k, v, mask=mask, is_causal=False, scale=0.3, dropout=0.0, head_mask=None,
+                                         upcast=False)[0]
+
+    y = run_kernel()
+    assert seen == [1 if one else 2] and torch.get_num_threads() == 2
+    reference = torch.softmax(q @ k.transpose(-1, -2) * 0.3 + mask, dim=-1) @ v  # (B, nh, T, hs)
+    torch.testing.assert_close(y, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_one_thread_is_restored_after_an_error(two_threads, monkeypatch):
+    import gpt2.torch.attention as attention
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", fails)
+    q = torch.randn(1, 2, 1, 4)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        attention.sdpa_attention(q, q, q, mask=None, is_causal=False, scale=0.5, dropout=0.0, upcast=False)
+    assert torch.get_num_threads() == 2
+
+
+def test_fixed_step_on_one_thread_gives_the_eager_tokens_of_two(two_threads, monkeypatch):
+    """generate() by default on the CPU (the fixed step, its attention on one thread) against the eager step with
+    every kernel on two threads: the same greedy tokens, logits within float summation order."""
+    import gpt2.torch.attention as attention
+
+    m = model(7, scale_attn_by_inverse_layer_idx=True)
+    kwargs = dict(return_dict_in_generate=True, output_logits=True)
+    fixed = run(m, **kwargs)
+    monkeypatch.setattr(attention, "ONE_THREAD_KEYS", 0)  # nothing on one thread
+    eager = run(m, disable_compile=True, **kwargs)
+    assert torch.equal(fixed.sequences, eager.sequences)
+    for a, b in zip(fixed.logits, eager.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
