@@ -120,9 +120,9 @@ def test_a_long_text_without_split_points(tok):
 BATCH = ["Hello world, this is longer than the others", "", "a", "short one", "<|endoftext|> x"]
 
 
-@pytest.mark.parametrize("padding_side", ["right", "left"])
-@pytest.mark.parametrize("truncation_side", ["right", "left"])
-@pytest.mark.parametrize("max_length,padding", [(None, "longest"), (4, "longest"), (6, "max_length")])
+@pytest.mark.parametrize("padding_side,truncation_side,max_length,padding", [
+    ("right", "right", None, "longest"), ("left", "left", 4, "longest"), ("left", "right", 6, "max_length"),
+    ("right", "left", 6, "max_length")])
 def test_padding_and_truncation_as_the_python_tokenizer(padding_side, truncation_side, max_length, padding):
     py = GPT2Tokenizer.from_pretrained("gpt2", pad_token="<|endoftext|>", padding_side=padding_side,
                                        truncation_side=truncation_side)
