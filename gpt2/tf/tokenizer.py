@@ -13,7 +13,7 @@ How, in plain TF ops (no tensorflow-text, no Python at run time):
    replaces the same maximal subparts; tested): the Python tokenizers take str, and this is that str.
 2. Added tokens (``<|endoftext|>``) are cut out with one RE2 alternation, longest first (the Python tokenizers'
    rule): each match is wrapped in 0xFF bytes, which valid UTF-8 never holds, and the text is split on them.
-3. Pre-tokenizing: GPT-2's pattern ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``
+3. Pre-tokenizing: GPT-2's ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``
    cannot be written in RE2 (the lookahead; RE2's \\s is ASCII), but where its matches start is a local rule over
    character classes, evaluated for every character at once (``_piece_starts``). The classes (letter, number,
    whitespace, other) come from the ``regex`` module -- the one GPT2Tokenizer uses -- over every code point, kept

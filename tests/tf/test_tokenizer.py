@@ -51,8 +51,7 @@ TRICKY = [
     "I'll don't we've they're I'm he'd it's", "'s 'S 'LL ''s x''s ?'s !'re '\n's", " 's", "\t's", "'", "'ll", "'l",
     "12345 ١٢٣ ½ Ⅻ x2y", "日本語のテキストです。", "한국어 텍스트", "Ελληνικά кириллица", "é\u0301 a\u0308",
     "😀👍🏽👨‍👩‍👧 🇫🇷", "\x00\x01\x1f\x7f\x85\u200b\u2028\u2029", "tail \n", "<|endoftext|>", "a<|endoftext|>b",
-    "<|endoftext|><|endoftext|> <|endoftext|>", "<|endoftext", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-    "=" * 70, "https://example.com/path?q=1&r=2#frag", "    def f(x):\n        return x  # ok\n",
+    "<|endoftext|><|endoftext|> <|endoftext|>", "<|endoftext", "a" * 57, "=" * 70, "https://example.com/path?q=1&r=2#frag", "    def f(x):\n        return x  # ok\n",
 ]
 
 
