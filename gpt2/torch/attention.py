@@ -46,9 +46,10 @@ class OneThread:
 
     Why: ATen's CPU kernels for it (SDPA's loop over (B, nh), batched matmul) hand each head to a thread of the
     pool however small the work, so every layer of every decoding step pays a fork/join, and the woken thread then
-    spins, taking a core from other processes: on a busy 2-core machine the gpt2 step took 2.4x the time of the
-    same step on one thread (benchmarks/bench_torch.py, "decode"). The step's matrix products of one row run on one
-    thread whatever the setting (MKL's gemv), so nothing else changes. ``torch.set_num_threads`` is per calling
+    spins, taking a core from other processes and stalling at the next join whenever its core is busy: on a loaded
+    2-core machine the gpt2 (124M) fixed step took 2.4x the matvec floor's time on two threads and 1.1-1.2x on one
+    (benchmarks/bench_torch.py's floor, interleaved in one process). The step's products of one row run on one
+    thread whatever the setting (MKL starts no pool thread for them), so nothing else changes. ``torch.set_num_threads`` is per calling
     thread (OpenMP's nthreads-var, MKL's local setting): other threads are not affected, and the count found is
     restored on exit.
     """
