@@ -49,9 +49,9 @@ class OneThread:
     spins, taking a core from other processes and stalling at the next join whenever its core is busy: on a loaded
     2-core machine the gpt2 (124M) fixed step took 2.4x the matvec floor's time on two threads and 1.1-1.2x on one
     (benchmarks/bench_torch.py's floor, interleaved in one process). The step's products of one row run on one
-    thread whatever the setting (MKL starts no pool thread for them), so nothing else changes. ``torch.set_num_threads`` is per calling
-    thread (OpenMP's nthreads-var, MKL's local setting): other threads are not affected, and the count found is
-    restored on exit.
+    thread whatever the setting (MKL starts no pool thread for them), so nothing else changes.
+    ``torch.set_num_threads`` is per calling thread (OpenMP's nthreads-var, MKL's local setting): other threads are
+    not affected, and the count found is restored on exit.
     """
 
     __slots__ = ("threads",)
