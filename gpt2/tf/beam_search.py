@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
-from .logits_process import run_processors
+from .logits_process import gumbel, record_step, run_processors
 from .stopping import Stop
 
 if TYPE_CHECKING:  # generation.py imports this module: the Decoder is only named here, never imported at run time
@@ -49,7 +49,6 @@ def beam_search(decoder: Decoder, input_ids: tf.Tensor, *, static, shift, max_le
     """``input_ids`` (B * num_beams, C): the ids buffer, each prompt repeated num_beams times, the prompt in its
     first ``prompt`` slots, the rest filled as transformers fills it. Returns the finished hypotheses, their scores
     and beam indices, the number of steps and the per-step records (generation.py cuts them on the host)."""
-    from .generation import _record, gumbel
 
     num_beams, early_stopping, length_penalty = static.num_beams, static.early_stopping, static.length_penalty
     eos, V = list(static.eos), decoder.model.config.vocab_size
@@ -80,9 +79,9 @@ def beam_search(decoder: Decoder, input_ids: tf.Tensor, *, static, shift, max_le
         log_probs = run_processors(processors, tf.roll(flat, -shift, axis=1), cur - shift,
                                    tf.nn.log_softmax(logits, axis=-1))
         if static.record_scores:
-            scores_rec = _record(scores_rec, cur - prompt_len, log_probs)
+            scores_rec = record_step(scores_rec, cur - prompt_len, log_probs)
         if static.record_logits:
-            logits_rec = _record(logits_rec, cur - prompt_len, logits)
+            logits_rec = record_step(logits_rec, cur - prompt_len, logits)
         log_probs = tf.reshape(tf.reshape(log_probs, [B, num_beams, V]) + running_beam_scores[:, :, None],
                                [B, num_beams * V])
 

@@ -20,7 +20,7 @@ from ..common.outputs import (
     TokenClassifierOutput,
 )
 from .generation import GenerationMixin
-from .model import TFGPT2Model, _dims, _renamed_past, _tensor, identity
+from .model import TFGPT2Model, static_dims, renamed_past, as_tensor, identity
 from .pretrained import TFGPT2PreTrainedModel
 
 IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention)
@@ -29,7 +29,7 @@ IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: int = IGNORE_INDEX) -> tf.Tensor:
     """torch's F.cross_entropy: the mean over the labels that are not ``ignore_index``, in fp32 (0/0 = NaN when
     every label is ignored, as torch)."""
-    logits = tf.cast(tf.reshape(logits, [-1, _dims(logits)[-1]]), tf.float32)
+    logits = tf.cast(tf.reshape(logits, [-1, static_dims(logits)[-1]]), tf.float32)
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     keep = tf.not_equal(labels, ignore_index)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)
@@ -39,7 +39,7 @@ def cross_entropy(logits: tf.Tensor, labels: tf.Tensor, ignore_index: int = IGNO
 
 def causal_lm_loss(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean cross-entropy of predicting token t+1 from position t (labels are the inputs, unshifted), in fp32."""
-    return cross_entropy(logits[..., :-1, :], _tensor(labels)[..., 1:])
+    return cross_entropy(logits[..., :-1, :], as_tensor(labels)[..., 1:])
 
 
 def _trunk_args(input_ids, past_key_values, attention_mask, token_type_ids, position_ids, head_mask,
@@ -105,7 +105,7 @@ class TFGPT2LMHeadModel(GenerationMixin, TFGPT2PreTrainedModel):
              encoder_attention_mask=None, labels=None, use_cache=None, output_attentions=None,
              output_hidden_states=None, return_dict=None, training=False, past=None, logits_to_keep: int = 0):
         """``logits_to_keep``: compute logits for the last n positions only (0: all), as generation needs."""
-        out = self.transformer(**_trunk_args(input_ids, _renamed_past(past_key_values, past), attention_mask,
+        out = self.transformer(**_trunk_args(input_ids, renamed_past(past_key_values, past), attention_mask,
                                              token_type_ids, position_ids, head_mask, inputs_embeds, use_cache,
                                              output_attentions, output_hidden_states, training,
                                              encoder_hidden_states=encoder_hidden_states,
@@ -150,10 +150,10 @@ class SequenceSummary(keras.layers.Layer):
         elif self.summary_type == "mean":
             x = tf.reduce_mean(hidden_states, axis=-2)
         else:  # cls_index: the token at cls_index (default: the last one)
-            T, rank = _dims(hidden_states)[-2], hidden_states.shape.rank
+            T, rank = static_dims(hidden_states)[-2], hidden_states.shape.rank
             if cls_index is None:
                 cls_index = tf.fill(tf.shape(hidden_states)[:-2], T - 1)
-            cls_index = _tensor(cls_index)
+            cls_index = as_tensor(cls_index)
             if tf.executing_eagerly():
                 values = cls_index.numpy()
                 if values.size and (values.min() < 0 or values.max() >= T):
@@ -190,7 +190,7 @@ class TFGPT2DoubleHeadsModel(GenerationMixin, TFGPT2PreTrainedModel):
              position_ids=None, head_mask=None, inputs_embeds=None, mc_token_ids=None, labels=None,
              mc_labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False, past=None):
-        out = self.transformer(**_trunk_args(input_ids, _renamed_past(past_key_values, past), attention_mask,
+        out = self.transformer(**_trunk_args(input_ids, renamed_past(past_key_values, past), attention_mask,
                                              token_type_ids, position_ids, head_mask, inputs_embeds, use_cache,
                                              output_attentions, output_hidden_states, training))
         x = out.last_hidden_state  # (B, num_choices, T, C)
@@ -223,11 +223,11 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
              position_ids=None, head_mask=None, inputs_embeds=None, labels=None, use_cache=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False, past=None):
-        out = self.transformer(**_trunk_args(input_ids, _renamed_past(past_key_values, past), attention_mask,
+        out = self.transformer(**_trunk_args(input_ids, renamed_past(past_key_values, past), attention_mask,
                                              token_type_ids, position_ids, head_mask, inputs_embeds, use_cache,
                                              output_attentions, output_hidden_states, training))
         logits = self.score(out.last_hidden_state)  # (B, T, num_labels)
-        B, T = _dims(logits)[:2]
+        B, T = static_dims(logits)[:2]
         pad = self.config.pad_token_id
         if pad is None and not (isinstance(B, int) and B == 1):
             raise ValueError("TFGPT2ForSequenceClassification needs config.pad_token_id for batches of more than "
@@ -235,10 +235,10 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         if pad is None or input_ids is None:
             last = tf.fill([B], T - 1)
         else:  # the rightmost token that is not padding (right or left padding alike)
-            ids = _tensor(input_ids)
+            ids = as_tensor(input_ids)
             last = tf.argmax(tf.range(T, dtype=ids.dtype) * tf.cast(ids != pad, ids.dtype), axis=-1)
         pooled = tf.gather(logits, last, batch_dims=1)  # (B, num_labels)
-        loss = None if labels is None else self._loss(pooled, _tensor(labels))
+        loss = None if labels is None else self._loss(pooled, as_tensor(labels))
         result = SequenceClassifierOutputWithPast(loss, pooled, out.past_key_values, out.hidden_states,
                                                   out.attentions)
         return result if _return_dict(self, return_dict) else result.to_tuple()
@@ -285,7 +285,7 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
              position_ids=None, head_mask=None, inputs_embeds=None, labels=None, use_cache=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False, past=None):
-        out = self.transformer(**_trunk_args(input_ids, _renamed_past(past_key_values, past), attention_mask,
+        out = self.transformer(**_trunk_args(input_ids, renamed_past(past_key_values, past), attention_mask,
                                              token_type_ids, position_ids, head_mask, inputs_embeds, use_cache,
                                              output_attentions, output_hidden_states, training))
         logits = self.classifier(self.dropout(out.last_hidden_state, training=training))  # (B, T, num_labels)
@@ -317,9 +317,9 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
         start_logits, end_logits = tf.unstack(self.qa_outputs(out.last_hidden_state), axis=-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
-            ignored = _dims(start_logits)[1]  # positions outside the sequence are ignored, as in transformers
-            start = tf.clip_by_value(tf.reshape(tf.cast(_tensor(start_positions), tf.int32), [-1]), 0, ignored)
-            end = tf.clip_by_value(tf.reshape(tf.cast(_tensor(end_positions), tf.int32), [-1]), 0, ignored)
+            ignored = static_dims(start_logits)[1]  # positions outside the sequence are ignored, as in transformers
+            start = tf.clip_by_value(tf.reshape(tf.cast(as_tensor(start_positions), tf.int32), [-1]), 0, ignored)
+            end = tf.clip_by_value(tf.reshape(tf.cast(as_tensor(end_positions), tf.int32), [-1]), 0, ignored)
             loss = (_qa_loss(start_logits, start, ignored) + _qa_loss(end_logits, end, ignored)) / 2
         result = QuestionAnsweringModelOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)
         return result if _return_dict(self, return_dict) else result.to_tuple()

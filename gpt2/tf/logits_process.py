@@ -263,3 +263,45 @@ _BUILDERS = {
     "top_p": _top_p, "min_p": _min_p, "typical_p": _typical, "epsilon_cutoff": _epsilon, "eta_cutoff": _eta,
     "renormalize_logits": _renormalize,
 }
+
+
+# -- what the compiled loops share: per-step records and sampling noise -------------------------------------------
+def record_step(buffer, step, values):
+    """buffer (rows, steps, V) with ``values`` (rows, V) written at ``step``."""
+    rows = tf.shape(values)[0]
+    return tf.tensor_scatter_nd_update(buffer, tf.stack([tf.range(rows), tf.fill([rows], step)], axis=1), values)
+
+
+def _mul32(a: tf.Tensor, b: int) -> tf.Tensor:
+    """(a * b) mod 2**32 for int64 ``a`` in [0, 2**32), in halves so that no product overflows int64."""
+    low, high = tf.bitwise.bitwise_and(a, 0xFFFF), tf.bitwise.right_shift(a, 16)
+    return tf.bitwise.bitwise_and(low * b + tf.bitwise.left_shift(tf.bitwise.bitwise_and(high * b, 0xFFFF), 16),
+                                  0xFFFFFFFF)
+
+
+def _mix(x: tf.Tensor) -> tf.Tensor:
+    """MurmurHash3's 32-bit finalizer (fmix32): every input bit flips each output bit with probability ~1/2."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = _mul32(x, 0x85EBCA6B)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
+    x = _mul32(x, 0xC2B2AE35)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def uniform(shape, seed, step) -> tf.Tensor:
+    """Uniform floats in (0, 1) from a counter-based hash of (seed, step, element index), in integer ops that
+    give the same bits eagerly and under XLA (TF's stateless RNG kernels do not: XLA's Philox differs from the CPU
+    kernel's)."""
+    seed = tf.cast(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF), tf.int64)
+    key = _mix(tf.bitwise.bitwise_xor(_mix(seed[0]), seed[1]))
+    key = _mix(tf.bitwise.bitwise_xor(key, _mul32(tf.cast(step, tf.int64) + 1, 0x9E3779B9)))
+    counter = tf.reshape(tf.range(tf.reduce_prod(shape), dtype=tf.int64), shape)
+    bits = _mix(_mix(tf.bitwise.bitwise_xor(_mul32(counter, 0x9E3779B9), key)))
+    # 24 random bits, centred in their interval: never 0 or 1
+    return (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def gumbel(shape, seed, step) -> tf.Tensor:
+    """Gumbel(0, 1) noise keyed by (seed, step): argmax(scores + noise) samples softmax(scores) (the Gumbel-max
+    trick), the top k of it samples k without replacement (beam sampling)."""
+    return -tf.math.log(-tf.math.log(uniform(shape, seed, step)))

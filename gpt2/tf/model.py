@@ -93,7 +93,7 @@ def _no_keras_mask(self, inputs, previous_mask=None):
     return None
 
 
-def _dims(x: tf.Tensor) -> list:
+def static_dims(x: tf.Tensor) -> list:
     """x's dimensions: Python ints where the shape is static, scalar tensors where it is not (traced shapes)."""
     dynamic = tf.shape(x)
     return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
@@ -138,14 +138,14 @@ class Attention(keras.layers.Layer):
         self.built = True
 
     def _heads(self, x: tf.Tensor) -> tf.Tensor:
-        B, T = _dims(x)[:2]
+        B, T = static_dims(x)[:2]
         return tf.transpose(tf.reshape(x, [B, T, self.n_head, self.head_dim]), [0, 2, 1, 3])  # (B, nh, T, hs)
 
     def call(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_mask=None,
              encoder_hidden_states=None, output_attentions=False, training=None):
         """(output (B, T, C), probabilities or None). The cache decides where this step's keys and values go
         (cache.py): appended after what it holds, or written at the fixed step's position."""
-        B, T, C = _dims(x)
+        B, T, C = static_dims(x)
         if self.is_cross_attention:
             q = self._heads(self.q_attn(x))  # (B, nh, T, hs)
             held = cache.cross(self.layer_idx) if cache is not None else None
@@ -275,7 +275,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
              return_dict=None, training=False, past=None):
         """transformers' TFGPT2Model arguments (``past`` is the older name of ``past_key_values``)."""
         config = self.config
-        past_key_values = _renamed_past(past_key_values, past)
+        past_key_values = renamed_past(past_key_values, past)
         use_cache = config.use_cache if use_cache is None else use_cache
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -290,15 +290,15 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             raise ValueError("encoder_hidden_states given, but the model has no cross-attention "
                              "(config.add_cross_attention=False)")
         input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds, encoder_hidden_states = (
-            _tensor(t) for t in (input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds,
+            as_tensor(t) for t in (input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds,
                                  encoder_hidden_states))
         # (B, num_choices, T) inputs (TFGPT2DoubleHeadsModel) run as (B * num_choices, T) and are shaped back.
-        input_shape = _dims(input_ids) if input_ids is not None else _dims(inputs_embeds)[:-1]
+        input_shape = static_dims(input_ids) if input_ids is not None else static_dims(inputs_embeds)[:-1]
         input_ids, token_type_ids, position_ids = _flat(input_ids), _flat(token_type_ids), _flat(position_ids)
         if attention_mask is not None and attention_mask.shape.rank == 3:
             attention_mask = _flat(attention_mask)
         if inputs_embeds is not None and inputs_embeds.shape.rank > 3:
-            inputs_embeds = tf.reshape(inputs_embeds, [-1, *_dims(inputs_embeds)[-2:]])
+            inputs_embeds = tf.reshape(inputs_embeds, [-1, *static_dims(inputs_embeds)[-2:]])
         B, T, checks = self._check_inputs(input_ids, inputs_embeds, past, attention_mask, position_ids,
                                           token_type_ids)
         if checks:  # traced: the assertions run before anything reads the values (a gather, the mask)
@@ -316,7 +316,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         mask, is_causal = self._self_attention_mask(attention_mask, B, T, past, dtype)
         encoder_mask = None
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
-            padding = tf.reshape(_tensor(encoder_attention_mask), [_dims(encoder_hidden_states)[0], -1])
+            padding = tf.reshape(as_tensor(encoder_attention_mask), [static_dims(encoder_hidden_states)[0], -1])
             encoder_mask = (1.0 - tf.cast(padding[:, None, None, :], dtype)) * mask_value(dtype)
 
         x, hidden_states, attentions, cross_attentions = self.core(
@@ -325,7 +325,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, training=training)
         if cache is not None:
             cache.advance(T)
-        x = tf.reshape(x, [*input_shape, _dims(x)[-1]])
+        x = tf.reshape(x, [*input_shape, static_dims(x)[-1]])
         if output_hidden_states:
             hidden_states = hidden_states[:-1] + (x,)  # the last one in the caller's (B, num_choices, T, C) shape
         out = BaseModelOutputWithPastAndCrossAttentions(x, cache, hidden_states, attentions, cross_attentions)
@@ -334,7 +334,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
     def embed(self, input_ids=None, *, position_ids, token_type_ids=None, inputs_embeds=None, training=None):
         """Token + position (+ token type) embeddings, after dropout: (B, T, C). Unchecked: call checks."""
         x = self.wte(input_ids) if inputs_embeds is None else tf.cast(inputs_embeds, self.compute_dtype)  # (B, T, C)
-        T = _dims(x)[1]
+        T = static_dims(x)[1]
         x = x + self.wpe(tf.reshape(position_ids, [-1, T]))
         if token_type_ids is not None:  # GPT-2 embeds token types with the token table, as transformers does
             x = x + self.wte(tf.reshape(token_type_ids, [-1, T]))
@@ -402,11 +402,11 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
             if not input_ids.dtype.is_integer:
                 raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype.name}")
             checks += _check_range(input_ids, V, "input_ids", "the vocabulary")
-            B, T = _dims(input_ids)
+            B, T = static_dims(input_ids)
         elif inputs_embeds.shape.rank != 3 or inputs_embeds.shape[-1] != self.config.n_embd:
             raise ValueError(f"inputs_embeds must be (B, T, {self.config.n_embd}), got {tuple(inputs_embeds.shape)}")
         else:
-            B, T = _dims(inputs_embeds)[:2]
+            B, T = static_dims(inputs_embeds)[:2]
         if position_ids is None:
             if isinstance(past, int) and isinstance(T, int):
                 if past + T > P:
@@ -465,7 +465,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         L, H = self.config.n_layer, self.config.n_head
         if head_mask is None:
             return [None] * L
-        head_mask = _tensor(head_mask)
+        head_mask = as_tensor(head_mask)
         if tuple(head_mask.shape) == (H,):
             head_mask = tf.broadcast_to(head_mask, (L, H))
         if tuple(head_mask.shape) != (L, H):
@@ -473,7 +473,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
         return [tf.reshape(tf.cast(head_mask[i], dtype), (1, H, 1, 1)) for i in range(L)]
 
 
-def _renamed_past(past_key_values, past):
+def renamed_past(past_key_values, past):
     """transformers' TF models took ``past`` before ``past_key_values``; either name, not both."""
     if past is not None:
         if past_key_values is not None:
@@ -482,14 +482,14 @@ def _renamed_past(past_key_values, past):
     return past_key_values
 
 
-def _tensor(t):
+def as_tensor(t):
     """Arrays and nested lists as tensors (Keras converts arrays already; Python lists reach us as they are)."""
     return t if t is None or tf.is_tensor(t) else tf.convert_to_tensor(t)
 
 
 def _flat(t):
     """(..., T) -> (N, T): TFGPT2DoubleHeadsModel's (B, num_choices, T) inputs run as one batch."""
-    return tf.reshape(t, [-1, _dims(t)[-1]]) if t is not None and t.shape.rank > 2 else t
+    return tf.reshape(t, [-1, static_dims(t)[-1]]) if t is not None and t.shape.rank > 2 else t
 
 
 def _block_output(block, kwargs):

@@ -251,7 +251,7 @@ def test_sampling_reproducible_from_a_seed_compiled_and_eager(compiled_pair):
 
 def test_sampling_follows_the_distribution():
     """The Gumbel-max draw samples softmax(scores): frequencies over many rows match the probabilities."""
-    from gpt2.tf.generation import gumbel
+    from gpt2.tf.logits_process import gumbel
 
     scores = tf.math.log(tf.constant([[0.5, 0.3, 0.15, 0.05]]))
     draws = tf.argmax(tf.repeat(scores, 20000, axis=0) + gumbel([20000, 4], tf.constant([1, 2]), 5), axis=-1)
