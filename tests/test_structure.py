@@ -32,7 +32,7 @@ FRAMEWORKS = {
 # Files one framework has and the others do not (DESIGN.md names them; keep both in step).
 FRAMEWORK_ONLY = {
     "torch": {"attention.py", "compiled.py", "assisted.py"},
-    "tf": {"tokenizer.py"},
+    "tf": {"tokenizer.py", "serving.py"},
     "flax": set(),
 }
 MODEL_FILES = ("model.py", "heads.py", "attention.py", "cache.py", "compiled.py")
@@ -45,7 +45,7 @@ COMMON_LAZY_FRAMEWORK_IMPORTS = {
 FRAMEWORK_METHODS = {
     "torch": {"extra_repr"},
     "tf": {"build", "get_config", "compute_output_shape", "serving", "input_signature", "train_step", "test_step",
-           "predict_step", "compute_loss"},
+           "predict_step", "compute_loss", "from_config", "build_from_config"},
     "flax": set(),
 }
 SHAPE_COMMENT = re.compile(r"#\s*(\((?:[A-Za-z0-9_*+\-/ ]+,\s*)*[A-Za-z0-9_*+\-/ ]+\))")

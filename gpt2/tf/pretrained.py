@@ -65,6 +65,31 @@ class TFGPT2PreTrainedModel(keras.Model):
         # problem_type a classification loss infers), and the caller's config must not change under it.
         self.config = config.copy()
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Every model class is registered with Keras' serialization (as "gpt2>TFGPT2LMHeadModel", ...): pickle,
+        copy.deepcopy and ``model.save("m.keras")`` / ``keras.models.load_model`` rebuild it from ``get_config``."""
+        super().__init_subclass__(**kwargs)
+        keras.saving.register_keras_serializable(package="gpt2")(cls)
+
+    # -- Keras serialization ------------------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        """Keras' config: the GPT2Config as a dict, and the Keras layer settings (name, dtype policy)."""
+        return {"name": self.name, "trainable": self.trainable,
+                "dtype": keras.saving.serialize_keras_object(self.dtype_policy), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None):
+        config = dict(config)
+        gpt2_config = GPT2Config.from_dict(config.pop("config"))
+        dtype = config.pop("dtype", None)
+        if isinstance(dtype, dict):
+            dtype = keras.saving.deserialize_keras_object(dtype)
+        return cls(gpt2_config, dtype=dtype, **config)
+
+    def build_from_config(self, config) -> None:
+        """Keras' loading builds the model before reading its weights: every variable, from the config alone."""
+        self.build()
+
     # -- set-up -----------------------------------------------------------------------------------------------------
     def post_init(self, attn_implementation: str | None = None) -> None:
         """The end of every constructor: one config object for the model and its trunk (a change such as
@@ -84,6 +109,12 @@ class TFGPT2PreTrainedModel(keras.Model):
                              f"'flash_attention_2' are torch kernels; TensorFlow runs 'eager' (plain ops, fused by "
                              f"XLA under jit_compile)")
         self.attn_implementation = name
+
+    def __dir__(self):
+        # Keras' loader (saving_lib) walks every attribute dir() lists and loads each layer it finds, with no guard
+        # against an attribute that leads back to the model: ``trunk`` is the model itself on TFGPT2Model (infinite
+        # recursion in pickle.loads / keras.models.load_model) and ``transformer`` again on the heads.
+        return [name for name in super().__dir__() if name != "trunk"]
 
     @property
     def trunk(self) -> keras.Model:

@@ -296,3 +296,29 @@ def test_resize_a_tied_model_keeps_the_head_tied(tmp_path):
     np.testing.assert_allclose(np.asarray(logits)[..., :50], torch_outputs(pt, IDS)["logits"], atol=1e-4)
     x = model.trunk(input_ids=tf.constant(IDS)).last_hidden_state
     np.testing.assert_allclose(np.asarray(logits), np.asarray(x) @ model.trunk.wte.embeddings.numpy().T, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_every_class_pickles_deepcopies_and_keras_saves(cls_name, tmp_path):
+    """Keras rebuilds our models from get_config (the classes register themselves): pickle, copy.deepcopy and
+    model.save(".keras") / keras.models.load_model give the same outputs, and the model's own config (a head's
+    num_labels, problem_type) comes back."""
+    import copy
+    import pickle
+
+    import keras
+
+    from conftest import tf_model
+
+    model = tf_model(cls_name, num_labels=3)
+    model.config.problem_type = "single_label_classification"
+    ids = tf.constant(IDS[:, None, :] if cls_name == "GPT2DoubleHeadsModel" else IDS)
+    want = [np.asarray(t) for t in model(ids, return_dict=False) if tf.is_tensor(t)]
+    model.save(tmp_path / "m.keras")
+    for again in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model),
+                  keras.models.load_model(tmp_path / "m.keras")):
+        assert type(again) is type(model) and again.config.to_dict() == model.config.to_dict()
+        got = [np.asarray(t) for t in again(ids, return_dict=False) if tf.is_tensor(t)]
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, atol=1e-6)
