@@ -291,7 +291,7 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
                              "(config.add_cross_attention=False)")
         input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds, encoder_hidden_states = (
             as_tensor(t) for t in (input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds,
-                                 encoder_hidden_states))
+                                   encoder_hidden_states))
         # (B, num_choices, T) inputs (TFGPT2DoubleHeadsModel) run as (B * num_choices, T) and are shaped back.
         input_shape = static_dims(input_ids) if input_ids is not None else static_dims(inputs_embeds)[:-1]
         input_ids, token_type_ids, position_ids = _flat(input_ids), _flat(token_type_ids), _flat(position_ids)
