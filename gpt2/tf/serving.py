@@ -165,7 +165,8 @@ class TextGenerationModule(tf.Module):
 
         def one_chunk(chunk):
             ids, mask, width, index = chunk
-            branch = tf.reduce_sum(tf.cast(tf.constant(self.buckets[:-1]) < tf.reduce_max(width), tf.int32))
+            smaller = tf.constant(self.buckets[:-1], tf.int32) < tf.reduce_max(width)
+            branch = tf.reduce_sum(tf.cast(smaller, tf.int32))  # the first bucket that holds every row
             key = tf.stack([index, seed])  # one noise stream per chunk (chunk 0: model.generate's seed=seed)
 
             def run(decoder, b):
