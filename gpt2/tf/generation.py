@@ -63,14 +63,21 @@ class Decoder:
     prepare_inputs_for_generation, logits of the last position only. ``decoder(ids)`` takes the prompt, then one
     token per row per call, written at the traced slot ``held``."""
 
-    def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None) -> None:
+    def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None,
+                 prompt: Prefill | None = None) -> None:
         B, T = input_ids.shape
         self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
         self.embeds, self.offset = None, 0  # an inputs_embeds prompt: not implemented in TF (generate() refuses it)
         self.model = model
         # TF always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
         self.fixed = max_length
-        self.cache = KVCache.for_model(model, B, max_length)
+        self.prompt = prompt
+        if prompt is None:
+            self.cache = KVCache.for_model(model, B, max_length)
+        else:  # the prompt's keys and values, computed before (prefill()), in the first T of max_length slots
+            slots = [[0, 0], [0, 0], [0, max_length - T], [0, 0]]
+            self.cache = KVCache([tf.pad(k, slots) for k in prompt.keys], [tf.pad(v, slots) for v in prompt.values],
+                                 static=True)
         self.kwargs = dict(output_attentions=False, output_hidden_states=False)
         mask = tf.cast(attention_mask, tf.int32)
         ones = tf.ones([B, max_length - T], tf.int32)
@@ -78,7 +85,12 @@ class Decoder:
         self.prompt_positions = tf.where(mask == 0, 1, tf.cumsum(mask, axis=-1) - 1)
         self.next_position = tf.reduce_sum(mask, axis=-1, keepdims=True)  # (B, 1): real tokens so far
         self.last_output = None
-        self.held = 0  # slots written: a Python 0 before the prompt, then a traced scalar
+        # slots written: a Python 0 before the prompt, then a traced scalar
+        self.held = 0 if prompt is None else tf.constant(T, tf.int32)
+
+    def start(self, ids: tf.Tensor) -> tf.Tensor:
+        """The next-token logits (B, V) after the prompt ``ids`` (B, T): its forward, or the prefill's."""
+        return self(ids) if self.prompt is None else self.prompt.logits
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
         """Feed ``ids`` (B, t) after what the cache holds; return the next-token logits (B, V) in fp32."""
@@ -122,6 +134,24 @@ class Decoder:
     def _load(self, state: tuple) -> None:
         keys, values, self.held, self.next_position = state
         self.cache = KVCache(list(keys), list(values), static=True)
+
+
+class Prefill(NamedTuple):
+    """The prompt's forward, run before the compiled loop (``prefill``): next-token logits (B, V) in fp32 and the
+    prompt's keys and values per layer, (B, nh, T, hs) each."""
+
+    logits: tf.Tensor
+    keys: tuple
+    values: tuple
+
+
+def prefill(model, ids, mask) -> Prefill:
+    """The prompt's forward, eagerly, outside the compiled decoding loop: the loop then holds one copy of the blocks
+    (the one-token step) rather than two, which halves what a first call traces and compiles, and the prompt's
+    matmuls run as TF's eager kernels (no trace, nothing to compile)."""
+    decoder = Decoder(model, ids, attention_mask=mask, max_length=int(ids.shape[1]))
+    logits = decoder(ids)
+    return Prefill(logits, tuple(decoder.cache.keys), tuple(decoder.cache.values))
 
 
 # -- generate() ------------------------------------------------------------------------------------------------------
@@ -364,15 +394,19 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
         seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
     else:
         seed = tf.constant([int(seed) >> 32, int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed], tf.int64)
-    args = (tf.constant(ids), tf.constant(mask), tf.constant(shift, tf.int32),
-            tf.constant(shift + run.max_length, tf.int32), tf.constant(numbers or [0], tf.int32), seed)
+    ids, mask = tf.constant(ids), tf.constant(mask)
+    args = (ids, mask, tf.constant(shift, tf.int32), tf.constant(shift + run.max_length, tf.int32),
+            tf.constant(numbers or [0], tf.int32), seed, prefill(model, ids, mask))
     if cfg.disable_compile:
         result = _decode(model, static, *args)
     else:
         functions = model.__dict__.setdefault("_generate_functions", {})
         key = (static, tuple(ids.shape))
         if key not in functions:
-            functions[key] = tf.function(functools.partial(_decode, model, static), jit_compile=True)
+            # autograph off: the loops are tf.while_loop / tf.cond already, and converting the model's code (every
+            # Keras layer's call) would double the tracing time of a first call
+            functions[key] = tf.function(functools.partial(_decode, model, static), jit_compile=True,
+                                         autograph=False)
         result = functions[key](*args)
     return _finish(model, cfg, run, static, result, shift=shift, prompt=P)
 
@@ -424,14 +458,15 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
     return tf.where(tf.range(run.max_length)[None, :] < result["length"], out, fill)
 
 
-def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed):
-    """The whole decoding, traceable: the prompt's forward, then the loop. ``shift``: bucket padding before the
-    prompt; ``max_length``: where rows stop, in buffer slots (shift + the plan's max_length)."""
+def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed, prompt: Prefill | None = None):
+    """The whole decoding, traceable: the prompt's forward (unless ``prompt`` holds it already), then the loop.
+    ``shift``: bucket padding before the prompt; ``max_length``: where rows stop, in buffer slots (shift + the
+    plan's max_length)."""
     model.__dict__["_generate_traces"] = model.__dict__.get("_generate_traces", 0) + 1  # at trace time only
     B, P = ids.shape
     processors = _processors(static, numbers, model.config.vocab_size)
     stop = Stop(eos=list(static.eos), max_length=max_length)
-    decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity)
+    decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt)
     if static.num_beams > 1:
         fill = (static.pad if static.pad else static.eos[0]) if static.eos else -1
         buffer = tf.concat([ids, tf.fill([B, static.capacity - P], fill)], axis=1)
@@ -449,7 +484,7 @@ def _sample(decoder: Decoder, ids, *, static: _Static, shift, max_length, proces
     prompt = int(decoder.prompt_positions.shape[1])
     V = decoder.model.config.vocab_size
     steps = C - prompt
-    logits = decoder(ids[:, :prompt])
+    logits = decoder.start(ids[:, :prompt])
     scores_rec = tf.zeros([B, steps, V] if static.record_scores else [0])
     logits_rec = tf.zeros([B, steps, V] if static.record_logits else [0])
 
