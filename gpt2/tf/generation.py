@@ -72,7 +72,9 @@ class Decoder:
         # TF always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
         self.fixed = max_length
         self.prompt = prompt
-        if prompt is None:
+        if prompt is None and max_length == T:  # the prompt alone (prefill()): each layer's keys are its own
+            self.cache = KVCache()
+        elif prompt is None:
             self.cache = KVCache.for_model(model, B, max_length)
         else:  # the prompt's keys and values, computed before (prefill()), in the first T of max_length slots
             slots = [[0, 0], [0, 0], [0, max_length - T], [0, 0]]
@@ -111,7 +113,7 @@ class Decoder:
         bias = tf.where(causal, tf.zeros((), dtype), tf.constant(mask_value(dtype), dtype))
         padding = tf.equal(self.mask, 0)[:, None, None, :]
         bias = tf.where(padding & causal, tf.constant(mask_value(dtype) / 2, dtype), bias)
-        view = self.cache.at(held)
+        view = self.cache.at(held) if self.cache.static else self.cache
         out = trunk.core(x, mask=bias, cache=view, **self.kwargs)
         self.cache = KVCache(view.keys, view.values, static=True)
         self.held = tf.cast(held + T, tf.int32)
