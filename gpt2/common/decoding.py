@@ -125,7 +125,7 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("compile_config", _given, False, True, True,
                 _COMPILED_LOOP + "is always XLA-compiled; compile_config configures torch.compile"),
     Unsupported("max_time", _given, False, True, True, _COMPILED_LOOP + "cannot read the clock between steps"),
-    Unsupported("stop_strings", _given, False, True, True,
+    Unsupported("stop_strings", _given, False, False, True,
                 _COMPILED_LOOP + "cannot decode text on the host between steps"),
     Unsupported("streamer", _given, False, True, True, _COMPILED_LOOP + "hands no token to the host before it ends"),
     Unsupported("stopping_criteria", bool, False, True, True,

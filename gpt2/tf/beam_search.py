@@ -68,7 +68,7 @@ def beam_search(decoder: Decoder, input_ids: tf.Tensor, *, static, shift, max_le
     running_beam_indices = tf.fill([B, num_beams, steps], -1)
     beam_indices = running_beam_indices
     batch_offset = tf.range(B)[:, None] * num_beams
-    logits = decoder.start(input_ids[:, :prompt_len])
+    logits = decoder._first_logits(input_ids[:, :prompt_len])
     scores_rec = tf.zeros([BN, steps, V] if static.record_scores else [0])
     logits_rec = tf.zeros([BN, steps, V] if static.record_logits else [0])
 

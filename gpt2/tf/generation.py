@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..common import loading
-from ..common.decoding import (Plan, check_attention_mask, check_options, check_prompt, check_token_range,
-                               merge_settings, plan, processor_specs)
+from ..common.decoding import (Plan, StopStrings, check_attention_mask, check_options, check_prompt,
+                               check_token_range, merge_settings, plan, processor_specs)
 from ..common.generation import GENERATION_CONFIG_NAME, GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .beam_search import beam_search
@@ -64,7 +64,7 @@ class Decoder:
     token per row per call, written at the traced slot ``held``."""
 
     def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None,
-                 prompt: Prefill | None = None) -> None:
+                 prompt: dict | None = None, state: tuple | None = None) -> None:
         B, T = input_ids.shape
         self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
         self.embeds, self.offset = None, 0  # an inputs_embeds prompt: not implemented in TF (generate() refuses it)
@@ -72,14 +72,16 @@ class Decoder:
         # TF always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
         self.fixed = max_length
         self.prompt = prompt
-        if prompt is None and max_length == T:  # the prompt alone (prefill()): each layer's keys are its own
+        if state is not None:  # resumed: a state of _state(), loaded below
+            self.cache = None
+        elif prompt is None and max_length == T:  # the prompt alone (prefill()): each layer's keys are its own
             self.cache = KVCache()
         elif prompt is None:
             self.cache = KVCache.for_model(model, B, max_length)
         else:  # the prompt's keys and values, computed before (prefill()), in the first T of max_length slots
             slots = [[0, 0], [0, 0], [0, max_length - T], [0, 0]]
-            self.cache = KVCache([tf.pad(k, slots) for k in prompt.keys], [tf.pad(v, slots) for v in prompt.values],
-                                 static=True)
+            self.cache = KVCache([tf.pad(k, slots) for k in prompt["keys"]],
+                                 [tf.pad(v, slots) for v in prompt["values"]], static=True)
         self.kwargs = dict(output_attentions=False, output_hidden_states=False)
         mask = tf.cast(attention_mask, tf.int32)
         ones = tf.ones([B, max_length - T], tf.int32)
@@ -89,10 +91,12 @@ class Decoder:
         self.last_output = None
         # slots written: a Python 0 before the prompt, then a traced scalar
         self.held = 0 if prompt is None else tf.constant(T, tf.int32)
+        if state is not None:
+            self._load(state)
 
-    def start(self, ids: tf.Tensor) -> tf.Tensor:
+    def _first_logits(self, ids: tf.Tensor) -> tf.Tensor:
         """The next-token logits (B, V) after the prompt ``ids`` (B, T): its forward, or the prefill's."""
-        return self(ids) if self.prompt is None else self.prompt.logits
+        return self(ids) if self.prompt is None else self.prompt["logits"]
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
         """Feed ``ids`` (B, t) after what the cache holds; return the next-token logits (B, V) in fp32."""
@@ -138,22 +142,14 @@ class Decoder:
         self.cache = KVCache(list(keys), list(values), static=True)
 
 
-class Prefill(NamedTuple):
-    """The prompt's forward, run before the compiled loop (``prefill``): next-token logits (B, V) in fp32 and the
-    prompt's keys and values per layer, (B, nh, T, hs) each."""
-
-    logits: tf.Tensor
-    keys: tuple
-    values: tuple
-
-
-def prefill(model, ids, mask) -> Prefill:
+def prefill(model, ids, mask) -> dict:
     """The prompt's forward, eagerly, outside the compiled decoding loop: the loop then holds one copy of the blocks
     (the one-token step) rather than two, which halves what a first call traces and compiles, and the prompt's
-    matmuls run as TF's eager kernels (no trace, nothing to compile)."""
+    matmuls run as TF's eager kernels (no trace, nothing to compile). Returns the next-token logits (B, V) in fp32
+    and the prompt's keys and values per layer, (B, nh, T, hs) each."""
     decoder = Decoder(model, ids, attention_mask=mask, max_length=int(ids.shape[1]))
     logits = decoder(ids)
-    return Prefill(logits, tuple(decoder.cache.keys), tuple(decoder.cache.values))
+    return dict(logits=logits, keys=tuple(decoder.cache.keys), values=tuple(decoder.cache.values))
 
 
 # -- generate() ------------------------------------------------------------------------------------------------------
@@ -227,7 +223,7 @@ class GenerationMixin:
         return _generate(self, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                          seed=seed, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                          prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
-                         token_type_ids=token_type_ids, assistant=assistant_model)
+                         token_type_ids=token_type_ids, assistant=assistant_model, tokenizer=tokenizer)
 
     def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
         """The score of each generated token at the step that chose it, (B*n, generated length), as transformers'
@@ -356,7 +352,13 @@ def _processors(static: _Static, numbers: tf.Tensor, vocab_size: int):
 
 
 def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, seed, logits_processor,
-              stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant):
+              stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant, tokenizer=None):
+    strings = None
+    if cfg.stop_strings is not None:
+        if cfg.num_beams > 1:
+            raise ValueError("generate(): stop_strings with beam search (num_beams > 1) is not supported in tf (each "
+                             "step's candidate beams would need the host)")
+        strings = StopStrings(cfg.stop_strings, tokenizer)
     ids, mask = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                                logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
@@ -397,20 +399,67 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     else:
         seed = tf.constant([int(seed) >> 32, int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed], tf.int64)
     ids, mask = tf.constant(ids), tf.constant(mask)
-    args = (ids, mask, tf.constant(shift, tf.int32), tf.constant(shift + run.max_length, tf.int32),
-            tf.constant(numbers or [0], tf.int32), seed, prefill(model, ids, mask))
+    prompt, end = prefill(model, ids, mask), tf.constant(shift + run.max_length, tf.int32)
+    args = (mask, tf.constant(shift, tf.int32), end, tf.constant(numbers or [0], tf.int32), seed)
+    decode = _decode if static.num_beams > 1 else _continue
     if cfg.disable_compile:
-        result = _decode(model, static, *args)
+        function = functools.partial(decode, model, static)
     else:
         functions = model.__dict__.setdefault("_generate_functions", {})
         key = (static, tuple(ids.shape))
         if key not in functions:
             # autograph off: the loops are tf.while_loop / tf.cond already, and converting the model's code (every
             # Keras layer's call) would double the tracing time of a first call
-            functions[key] = tf.function(functools.partial(_decode, model, static), jit_compile=True,
+            functions[key] = tf.function(functools.partial(decode, model, static), jit_compile=True,
                                          autograph=False)
-        result = functions[key](*args)
+        function = functions[key]
+    if static.num_beams > 1:
+        result = function(ids, *args, prompt)
+    else:
+        running = _start(Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt),
+                         tf.concat([ids, tf.zeros([ids.shape[0], static.capacity - P], tf.int32)], axis=1),
+                         static=static)
+        if strings is None:
+            running = function(*args, end, running)
+        else:
+            running = _until_stop_strings(function, args, running, strings, static=static, shift=shift,
+                                          end=int(end))
+        result = _result(running)
     return _finish(model, cfg, run, static, result, shift=shift, prompt=P)
+
+
+# Steps per compiled call between two checks of the stop strings on the host: few enough that little is decoded
+# past the stop, enough that the calls' overhead stays small against the steps' work.
+STOP_STRINGS_CHUNK = 8
+
+
+def _until_stop_strings(function, args, running: dict, strings: StopStrings, *, static: _Static, shift: int,
+                        end: int) -> dict:
+    """Greedy decoding / sampling with stop strings: the compiled loop runs ``STOP_STRINGS_CHUNK`` steps at a time
+    (its state carried from call to call), and the host checks the strings step by step in between, as torch's loop
+    does after each token (common/decoding.py StopStrings). A row that stopped inside a chunk had tokens decoded
+    after its stop; they become padding (torch pads finished rows when there is an eos, and otherwise keeps decoding
+    them exactly as the device did), and the next chunk starts with the row finished. The output ends at the first
+    step where every row had finished, so the tokens are torch's. With per-step records (output_scores /
+    output_logits) a chunk is one step: a finished row's later scores are then those of its padding, as torch's."""
+    chunk = 1 if static.record_scores or static.record_logits else STOP_STRINGS_CHUNK
+    cur, alive = int(running["cur"]), running["unfinished"].numpy().copy()
+    eos = set(static.eos)
+    while True:
+        running = function(*args, tf.constant(min(cur + chunk, end), tf.int32), running)
+        reached, ids = int(running["cur"]), running["ids"].numpy().copy()
+        for t in range(cur, reached):  # the token written at slot t
+            if eos:
+                ids[~alive, t] = static.pad  # rows that stopped earlier in this chunk: torch pads them
+            hits = strings([row[max(shift, t + 1 - strings.window): t + 1] for row in ids.tolist()])
+            alive &= ~(np.isin(ids[:, t], list(eos)) | np.array(hits, bool))
+            if not alive.any():
+                reached = t + 1
+                break
+        cur = reached
+        running = dict(running, ids=tf.constant(ids), unfinished=tf.constant(alive), cur=tf.constant(cur))
+        if cur >= end or not alive.any():
+            return running
 
 
 def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask, seed, others: dict):
@@ -423,6 +472,9 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
         names = ", ".join(k for k, v in others.items() if v)
         raise ValueError(f"generate() inside tf.function: {names} not supported in tf (see generate()'s docstring)")
     check_options(cfg, framework="tf")
+    if cfg.stop_strings is not None:
+        raise ValueError("generate() inside tf.function: stop_strings is not supported there (the host checks them "
+                         "between compiled chunks: call model.generate eagerly)")
     if cfg.return_dict_in_generate:
         raise ValueError("generate() inside tf.function: return_dict_in_generate is not supported there (call "
                          "model.generate eagerly: it is compiled with XLA already)")
@@ -460,7 +512,7 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
     return tf.where(tf.range(run.max_length)[None, :] < result["length"], out, fill)
 
 
-def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed, prompt: Prefill | None = None):
+def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed, prompt: dict | None = None):
     """The whole decoding, traceable: the prompt's forward (unless ``prompt`` holds it already), then the loop.
     ``shift``: bucket padding before the prompt; ``max_length``: where rows stop, in buffer slots (shift + the
     plan's max_length)."""
@@ -475,20 +527,52 @@ def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed,
         return beam_search(decoder, buffer, static=static, shift=shift, max_length=max_length,
                            processors=processors, stop=stop, seed=seed)
     buffer = tf.concat([ids, tf.zeros([B, static.capacity - P], tf.int32)], axis=1)
-    return _sample(decoder, buffer, static=static, shift=shift, max_length=max_length, processors=processors,
-                   stop=stop, seed=seed)
+    running = _sample(decoder, _start(decoder, buffer, static=static), static=static, shift=shift,
+                      max_length=max_length, until=max_length, processors=processors, stop=stop, seed=seed)
+    return _result(running)
 
 
-def _sample(decoder: Decoder, ids, *, static: _Static, shift, max_length, processors, stop: Stop, seed):
-    """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step, in a while_loop.
-    Returns (ids buffer, length, scores, logits) with the records (rows, steps, V) or empty."""
+def _continue(model, static: _Static, mask, shift, max_length, numbers, seed, until, running: dict) -> dict:
+    """Greedy decoding / sampling from ``running`` (the prompt's forward done, maybe some steps too) until slot
+    ``until`` or the end (max_length, every row finished): the compiled function of generate() for one beam. The
+    state comes in and goes out whole, so that the host may run it in chunks (stop strings)."""
+    model.__dict__["_generate_traces"] = model.__dict__.get("_generate_traces", 0) + 1  # at trace time only
+    P = mask.shape[1]
+    processors = _processors(static, numbers, model.config.vocab_size)
+    stop = Stop(eos=list(static.eos), max_length=max_length)
+    decoder = Decoder(model, running["ids"][:, :P], attention_mask=mask, max_length=static.capacity,
+                      state=running["state"])
+    return _sample(decoder, running, static=static, shift=shift, max_length=max_length, until=until,
+                   processors=processors, stop=stop, seed=seed)
+
+
+# The variables of the greedy / sampling loop ("running"): the next slot, the ids buffer (B, C), the rows not finished
+# (B,), the next-token logits (B, V), the per-step records (B, steps, V) or empty, the decoder's state (cache keys,
+# values, slots held, next positions).
+RUNNING = ("cur", "ids", "unfinished", "next_logits", "scores", "logits", "state")
+
+
+def _result(running: dict) -> dict:
+    return dict(ids=running["ids"], length=running["cur"], scores=running["scores"], logits=running["logits"])
+
+
+def _start(decoder: Decoder, ids, *, static: _Static) -> dict:
+    """The loop's first state: the prompt's forward (or the prefill's), nothing generated."""
     B, C = ids.shape
     prompt = int(decoder.prompt_positions.shape[1])
-    V = decoder.model.config.vocab_size
-    steps = C - prompt
-    logits = decoder.start(ids[:, :prompt])
-    scores_rec = tf.zeros([B, steps, V] if static.record_scores else [0])
-    logits_rec = tf.zeros([B, steps, V] if static.record_logits else [0])
+    V, steps = decoder.model.config.vocab_size, C - prompt
+    logits = decoder._first_logits(ids[:, :prompt])
+    return dict(zip(RUNNING, (tf.constant(prompt, tf.int32), ids, tf.ones([B], tf.bool), logits,
+                              tf.zeros([B, steps, V] if static.record_scores else [0]),
+                              tf.zeros([B, steps, V] if static.record_logits else [0]), decoder._state())))
+
+
+def _sample(decoder: Decoder, running: dict, *, static: _Static, shift, max_length, until, processors,
+            stop: Stop, seed) -> dict:
+    """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step, in a while_loop from
+    ``running`` until slot ``until`` (or max_length, or every row finished)."""
+    B, C = running["ids"].shape
+    prompt = int(decoder.prompt_positions.shape[1])
 
     def body(cur, ids, unfinished, logits, scores_rec, logits_rec, state):
         decoder._load(state)
@@ -519,13 +603,10 @@ def _sample(decoder: Decoder, ids, *, static: _Static, shift, max_length, proces
         return cur, ids, unfinished, logits, scores_rec, logits_rec, state
 
     def more(cur, ids, unfinished, *rest):
-        return (cur < max_length) & tf.reduce_any(unfinished)
+        return (cur < tf.minimum(max_length, until)) & tf.reduce_any(unfinished)
 
-    state = decoder._state()
-    cur, ids, _, _, scores_rec, logits_rec, _ = tf.while_loop(
-        more, body, (tf.constant(prompt, tf.int32), ids, tf.ones([B], tf.bool), logits, scores_rec, logits_rec,
-                     state), maximum_iterations=steps)
-    return dict(ids=ids, length=cur, scores=scores_rec, logits=logits_rec)
+    out = tf.while_loop(more, body, tuple(running[k] for k in RUNNING), maximum_iterations=C - prompt)
+    return dict(zip(RUNNING, out))
 
 
 def _finish(model, cfg: GenerationConfig, run: Plan, static: _Static, result: dict, *, shift: int, prompt: int):
