@@ -6,6 +6,7 @@ transformers 4.57's PyTorch), decoded in one XLA-compiled ``tf.while_loop``.
 >>> ids = model.generate(prompt_ids, max_new_tokens=20)                                   # greedy
 >>> ids = model.generate(prompt_ids, max_new_tokens=20, do_sample=True, top_p=0.9, seed=0)  # reproducible sampling
 >>> out = model.generate(prompt_ids, num_beams=4, return_dict_in_generate=True, output_scores=True)
+>>> ids = model.generate(prompt_ids, max_new_tokens=50, stop_strings=["\n\n"], tokenizer=tokenizer)
 
 The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
 with, how beams are scored and finalized -- are gpt2/torch/generation.py's, decided framework-free in
@@ -17,15 +18,22 @@ order). What is TensorFlow's is the plumbing:
   bucket runs the same compiled code; the prompt's true length, max_length and the length-dependent processor
   options are traced scalars. The weights are Keras variables, captured as resource arguments (not constants), so
   compiling does not copy them;
-- inside it: a static KV cache for the whole run (cache.py ``KVCache.at``), the prompt's forward, then one
-  ``tf.while_loop`` whose step writes one token per row at a traced position (the mask opens one key per step);
-  processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's padding never shows);
+- the prompt's forward runs eagerly first (``prefill``): the compiled function then holds one copy of the blocks
+  (the one-token step), not two, which halves what a first call traces and compiles (autograph is off too: the
+  loop is written with ``tf.while_loop`` / ``tf.cond``, and converting every Keras call doubled the tracing);
+- inside it: a static KV cache for the whole run (the prompt's keys in its first slots; cache.py ``KVCache.at``),
+  one ``tf.while_loop`` whose step writes one token per row at a traced position (the mask opens one key per step);
+  processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's padding never shows). For
+  greedy decoding and sampling the loop's whole state goes in and out of the function (``_continue``), so that the
+  host may run it in chunks: stop_strings are checked on the host between chunks of ``STOP_STRINGS_CHUNK`` steps
+  (``_until_stop_strings``), with the same compiled function;
 - sampling draws from counter-based stateless RNG keyed by ``seed`` and the step: the same seed, the same tokens,
   compiled or not (not torch's tokens: its generator is another algorithm).
 
-What needs the host between steps (streamers, stop_strings, max_time, Python logits processors, stopping criteria,
+What needs the host at every step (streamers, max_time, Python logits processors, stopping criteria,
 prefix_allowed_tokens_fn, assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, tf
-column); so are inputs_embeds, token_type_ids and per-step attentions / hidden states, not implemented here.
+column), and so are stop_strings with beam search; so are inputs_embeds, token_type_ids and per-step attentions /
+hidden states, not implemented here.
 ``generation_config.disable_compile=True`` runs the same loop eagerly (the reference the tests compare with).
 ``tf.function(model.generate, jit_compile=True)`` inlines the same loop in the caller's function; its sequences are
 then (B*n, max_length), padded after each row's end (transformers' TF XLA rule), see ``_generate_traced``.
@@ -204,10 +212,12 @@ class GenerationMixin:
         draw one from) for sampling; the same seed gives the same tokens, compiled or eager. Without one, the seed
         is drawn from TF's global RNG (``tf.random.set_seed`` makes runs repeatable, as in transformers).
 
-        Compiled with XLA (``disable_compile=True``: the same loop, eagerly). Not available in TF (refused by
-        name): streamer, stop_strings, max_time, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
-        assistant_model (they need the host between steps), inputs_embeds, token_type_ids, output_attentions /
-        output_hidden_states. ``tokenizer`` is accepted for transformers' signature (stop_strings need it).
+        Compiled with XLA (``disable_compile=True``: the same loop, eagerly). ``stop_strings`` (greedy and
+        sampling; they need ``tokenizer``, as in transformers): the compiled loop runs a few steps at a time and the
+        host checks the strings in between; the tokens are torch's. Not available in TF (refused by name):
+        streamer, max_time, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they
+        need the host at every step), stop_strings with beam search, inputs_embeds, token_type_ids,
+        output_attentions / output_hidden_states.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:

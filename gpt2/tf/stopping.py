@@ -1,9 +1,10 @@
 """When generate() stops: transformers' stopping criteria that run inside the compiled loop (max_length, eos as
 the last token), in TensorFlow ops.
 
-The criteria that need the host between steps (max_time: the clock; stop_strings: decoding text; the caller's
-Python criteria) cannot run inside one XLA-compiled ``tf.while_loop``: generate() refuses them by name before
-anything is traced (common/decoding.py ``UNSUPPORTED``, its tf column), and ``Stop`` refuses them too.
+The criteria that need the host between steps cannot run inside an XLA-compiled ``tf.while_loop``: stop_strings
+(decoding text) are checked by generation.py on the host between compiled chunks of steps (common/decoding.py
+``StopStrings``), not here; max_time (the clock) and the caller's Python criteria are refused by name before
+anything is traced (common/decoding.py ``UNSUPPORTED``, its tf column), and ``Stop`` refuses all three.
 """
 
 from __future__ import annotations

@@ -232,6 +232,19 @@ def test_weights_are_captured_as_variables_not_constants(compiled_pair):
             assert len(handles) >= len(tfm.weights)
 
 
+def test_compiled_functions_hold_one_copy_of_the_blocks(compiled_pair):
+    """The prompt's forward runs before the compiled function (generation.py ``prefill``): each block's four
+    projections appear once in it (the one-token step), not twice, for greedy decoding and beam search alike."""
+    _, tfm = compiled_pair
+    for case in COMPILED:
+        run(tfm, IDS, attention_mask=MASK, max_new_tokens=10, eos_token_id=[7, 21], pad_token_id=PAD, **COMPILED[case])
+    for fn in tfm.__dict__["_generate_functions"].values():
+        for concrete in fn._list_all_concrete_functions():
+            graph = concrete.graph.as_graph_def()
+            nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+            assert sum(node.op == "MatMul" for node in nodes) == 4 * tfm.config.n_layer
+
+
 # -- sampling ---------------------------------------------------------------------------------------------------------
 def test_sampling_reproducible_from_a_seed_compiled_and_eager(compiled_pair):
     _, tfm = compiled_pair
