@@ -127,7 +127,7 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("max_time", _given, False, True, True, _COMPILED_LOOP + "cannot read the clock between steps"),
     Unsupported("stop_strings", _given, False, False, True,
                 _COMPILED_LOOP + "cannot decode text on the host between steps"),
-    Unsupported("streamer", _given, False, True, True, _COMPILED_LOOP + "hands no token to the host before it ends"),
+    Unsupported("streamer", _given, False, False, True, _COMPILED_LOOP + "hands no token to the host before it ends"),
     Unsupported("stopping_criteria", bool, False, True, True,
                 _COMPILED_LOOP + "cannot call Python criteria between steps"),
     Unsupported("prefix_allowed_tokens_fn", _given, False, True, True,

@@ -25,12 +25,12 @@ order). What is TensorFlow's is the plumbing:
   one ``tf.while_loop`` whose step writes one token per row at a traced position (the mask opens one key per step);
   processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's padding never shows). For
   greedy decoding and sampling the loop's whole state goes in and out of the function (``_continue``), so that the
-  host may run it in chunks: stop_strings are checked on the host between chunks of ``STOP_STRINGS_CHUNK`` steps
-  (``_until_stop_strings``), with the same compiled function;
+  host may run it in chunks: stop_strings are checked and a streamer is fed on the host between chunks of
+  ``HOST_CHUNK`` steps (``_on_the_host``), with the same compiled function;
 - sampling draws from counter-based stateless RNG keyed by ``seed`` and the step: the same seed, the same tokens,
   compiled or not (not torch's tokens: its generator is another algorithm).
 
-What needs the host at every step (streamers, max_time, Python logits processors, stopping criteria,
+What needs the host at every step (max_time, Python logits processors, stopping criteria,
 prefix_allowed_tokens_fn, assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, tf
 column), and so are stop_strings with beam search; so are inputs_embeds, token_type_ids and per-step attentions /
 hidden states, not implemented here.
@@ -213,11 +213,12 @@ class GenerationMixin:
         is drawn from TF's global RNG (``tf.random.set_seed`` makes runs repeatable, as in transformers).
 
         Compiled with XLA (``disable_compile=True``: the same loop, eagerly). ``stop_strings`` (greedy and
-        sampling; they need ``tokenizer``, as in transformers): the compiled loop runs a few steps at a time and the
-        host checks the strings in between; the tokens are torch's. Not available in TF (refused by name):
-        streamer, max_time, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they
-        need the host at every step), stop_strings with beam search, inputs_embeds, token_type_ids,
-        output_attentions / output_hidden_states.
+        sampling; they need ``tokenizer``, as in transformers) and ``streamer`` (``put(ids)`` / ``end()``, e.g.
+        gpt2.common.streamers' TextStreamer; not with beam search, as in transformers): the compiled loop runs a
+        few steps at a time (``HOST_CHUNK``) and the host checks the strings and feeds the streamer in between; the
+        tokens are torch's. Not available in TF (refused by name): max_time, logits_processor, stopping_criteria,
+        prefix_allowed_tokens_fn, assistant_model (they need the host at every step), stop_strings with beam
+        search, inputs_embeds, token_type_ids, output_attentions / output_hidden_states.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -429,46 +430,56 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
         running = _start(Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt),
                          tf.concat([ids, tf.zeros([ids.shape[0], static.capacity - P], tf.int32)], axis=1),
                          static=static)
-        if strings is None:
+        if strings is None and streamer is None:
             running = function(*args, end, running)
         else:
-            running = _until_stop_strings(function, args, running, strings, static=static, shift=shift,
-                                          end=int(end))
+            if streamer is not None:  # the prompt first, as torch's (and transformers') generate
+                streamer.put(ids.numpy()[:, shift:])
+            running = _on_the_host(function, args, running, strings=strings, streamer=streamer, static=static,
+                                   shift=shift, end=int(end))
         result = _result(running)
     return _finish(model, cfg, run, static, result, shift=shift, prompt=P)
 
 
-# Steps per compiled call between two checks of the stop strings on the host: few enough that little is decoded
-# past the stop, enough that the calls' overhead stays small against the steps' work.
-STOP_STRINGS_CHUNK = 8
+# Steps per compiled call between two visits of the host (stop strings, streamer): few enough that little is decoded
+# past a stop and tokens reach a streamer early, enough that the calls' overhead stays small against the steps' work.
+HOST_CHUNK = 8
 
 
-def _until_stop_strings(function, args, running: dict, strings: StopStrings, *, static: _Static, shift: int,
-                        end: int) -> dict:
-    """Greedy decoding / sampling with stop strings: the compiled loop runs ``STOP_STRINGS_CHUNK`` steps at a time
-    (its state carried from call to call), and the host checks the strings step by step in between, as torch's loop
-    does after each token (common/decoding.py StopStrings). A row that stopped inside a chunk had tokens decoded
-    after its stop; they become padding (torch pads finished rows when there is an eos, and otherwise keeps decoding
-    them exactly as the device did), and the next chunk starts with the row finished. The output ends at the first
-    step where every row had finished, so the tokens are torch's. With per-step records (output_scores /
-    output_logits) a chunk is one step: a finished row's later scores are then those of its padding, as torch's."""
-    chunk = 1 if static.record_scores or static.record_logits else STOP_STRINGS_CHUNK
+def _on_the_host(function, args, running: dict, *, strings: StopStrings | None, streamer, static: _Static,
+                 shift: int, end: int) -> dict:
+    """Greedy decoding / sampling with stop strings or a streamer: the compiled loop runs ``HOST_CHUNK`` steps at a
+    time (its state carried from call to call), and the host goes through them step by step in between, as torch's
+    loop does after each token: the streamer gets the step's tokens, then the strings are checked
+    (common/decoding.py StopStrings). A row that stopped inside a chunk had tokens decoded after its stop; they
+    become padding (torch pads finished rows when there is an eos, and otherwise keeps decoding them exactly as the
+    device did), and the next chunk starts with the row finished. The output ends at the first step where every row
+    had finished, so the tokens (and what the streamer got) are torch's. With per-step records (output_scores /
+    output_logits) and stop strings a chunk is one step: a finished row's later scores are then those of its
+    padding, as torch's."""
+    chunk = 1 if strings is not None and (static.record_scores or static.record_logits) else HOST_CHUNK
     cur, alive = int(running["cur"]), running["unfinished"].numpy().copy()
-    eos = set(static.eos)
+    eos = list(static.eos)
     while True:
         running = function(*args, tf.constant(min(cur + chunk, end), tf.int32), running)
         reached, ids = int(running["cur"]), running["ids"].numpy().copy()
         for t in range(cur, reached):  # the token written at slot t
             if eos:
                 ids[~alive, t] = static.pad  # rows that stopped earlier in this chunk: torch pads them
-            hits = strings([row[max(shift, t + 1 - strings.window): t + 1] for row in ids.tolist()])
-            alive &= ~(np.isin(ids[:, t], list(eos)) | np.array(hits, bool))
+            if streamer is not None:
+                streamer.put(ids[:, t].copy())
+            done = np.isin(ids[:, t], eos)
+            if strings is not None:
+                done |= np.array(strings([row[max(shift, t + 1 - strings.window): t + 1] for row in ids.tolist()]))
+            alive &= ~done
             if not alive.any():
                 reached = t + 1
                 break
         cur = reached
         running = dict(running, ids=tf.constant(ids), unfinished=tf.constant(alive), cur=tf.constant(cur))
         if cur >= end or not alive.any():
+            if streamer is not None:
+                streamer.end()
             return running
 
 

@@ -275,7 +275,7 @@ def test_sampling_follows_the_distribution():
 # -- refusals and bad input -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, name", [
     (dict(stop_strings=["a"]), "stop_strings"), (dict(max_time=1.0), "max_time"),
-    (dict(streamer=object()), "streamer"), (dict(stopping_criteria=[lambda ids, s: None]), "stopping_criteria"),
+    (dict(stopping_criteria=[lambda ids, s: None]), "stopping_criteria"),
     (dict(logits_processor=[lambda ids, s: s]), "logits_processor"),
     (dict(prefix_allowed_tokens_fn=lambda b, ids: [1]), "prefix_allowed_tokens_fn"),
     (dict(inputs_embeds=np.zeros((1, 2, 32), np.float32)), "inputs_embeds"),

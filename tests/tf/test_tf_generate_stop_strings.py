@@ -1,8 +1,9 @@
-"""TF generate() with stop_strings: the compiled loop runs in chunks and the host checks the strings between them
-(gpt2/tf/generation.py ``_until_stop_strings``). Against our PyTorch generate() (tested against transformers 4.57.6's
-StopStringCriteria in tests/torch/test_stop_strings.py) on the same random tiny checkpoints: the same tokens, rows
-stopping inside a chunk and on its boundary, with and without eos (padding after a row's stop, or not), scores
-when recorded; sampling stops where its free run says; the refusals.
+"""TF generate() with stop_strings and streamers: the compiled loop runs in chunks and the host checks the strings
+and feeds the streamer between them (gpt2/tf/generation.py ``_on_the_host``). Against our PyTorch generate() (tested
+against transformers 4.57.6's StopStringCriteria in tests/torch/test_stop_strings.py) on the same random tiny
+checkpoints: the same tokens, rows stopping inside a chunk and on its boundary, with and without eos (padding after
+a row's stop, or not), scores when recorded, the same streamer calls; sampling stops where its free run says; the
+refusals.
 
 The tokenizer is a stand-in (token i decodes to a fixed short text), so that stop strings can straddle tokens of
 a 100-token vocabulary.
@@ -128,3 +129,39 @@ def test_refusals(pair):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="stop_strings is not supported there"):
             tf.function(tfm.generate)(tf.constant(IDS), max_new_tokens=2, stop_strings=["a"], tokenizer=TOKENIZER)
+
+
+class Recorder:
+    """A streamer that keeps what generate() hands it: the prompt, then each step's tokens, then the end."""
+
+    def __init__(self) -> None:
+        self.puts, self.ended = [], 0
+
+    def put(self, value) -> None:
+        self.puts.append(np.asarray(value.numpy() if hasattr(value, "numpy") else value).tolist())
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["streamer", "streamer-and-stop-strings"])
+def test_streamer_gets_what_torch_hands_it(pair, stop):
+    """The prompt, then every step's tokens (padding of finished rows included) up to the last step, then end():
+    the same calls as torch's generate makes, though they come a chunk of steps at a time."""
+    ours, tfm = pair
+    kwargs = dict(max_new_tokens=12, eos_token_id=[8, 84], pad_token_id=PAD)
+    if stop:
+        free = free_run(ours, **kwargs)
+        kwargs.update(stop_strings=[straddling(free, IDS.shape[1], row, step) for row, step in enumerate((2, 9, 5))],
+                      tokenizer=TOKENIZER)
+    want, got = Recorder(), Recorder()
+    expected = free_run(ours, streamer=want, **kwargs)
+    assert np.array_equal(free_run(tfm, streamer=got, **kwargs), expected)
+    assert got.puts == want.puts and got.ended == want.ended == 1
+    assert len(got.puts) == 1 + expected.shape[1] - IDS.shape[1]
+
+
+def test_streamer_with_beam_search_is_refused(pair):
+    _, tfm = pair
+    with pytest.raises(ValueError, match="streamer cannot be used with beam search"):
+        tfm.generate(IDS, max_new_tokens=3, num_beams=2, streamer=Recorder())
