@@ -23,6 +23,7 @@ encoder_hidden_states; legacy tuples are then ``(k, v, cross_k, cross_v)`` per l
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla  # dynamic_update_slice; runs eagerly too (transformers' TF uses it)
 
 
 class KVCache:
@@ -186,13 +187,18 @@ class KVCache:
 
 
 def _write(buffer: tf.Tensor, new: tf.Tensor, position) -> tf.Tensor:
-    """``buffer`` (B, nh, L, hs) with ``new`` (B, nh, T, hs) written at slots ``position`` (a start, int or scalar
-    tensor, or a (T,) vector of slots): one scatter of T rows per (batch, head), which XLA performs in place."""
+    """``buffer`` (B, nh, L, hs) with ``new`` (B, nh, T, hs) written at slots ``position``: a start (int or scalar
+    tensor; the caller keeps it within the buffer: a dynamic update slice clamps) or a (T,) vector of slots (one
+    scatter of T rows per (batch, head)); XLA performs either in place."""
     new = tf.cast(new, buffer.dtype)
+    position = tf.convert_to_tensor(position)
+    if position.shape.rank == 0:  # T slots from a start: XLA's dynamic update slice (cheaper to trace and compile)
+        zero = tf.zeros((), tf.int32)
+        return xla.dynamic_update_slice(buffer, new, tf.stack([zero, zero, tf.cast(position, tf.int32), zero]))
     shape = tf.shape(new)
     B, H, T = shape[0], shape[1], shape[2]
     position = tf.cast(position, tf.int32)
-    slots = position + tf.range(T) if position.shape.rank == 0 else tf.reshape(position, [-1])
+    slots = tf.reshape(position, [-1])
     b, h, t = tf.meshgrid(tf.range(B), tf.range(H), slots, indexing="ij")
     index = tf.stack([b, h, t], axis=-1)  # B x nh x T triples of (batch, head, slot)
     return tf.tensor_scatter_nd_update(buffer, index, new)
