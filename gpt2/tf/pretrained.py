@@ -300,7 +300,10 @@ class TFGPT2PreTrainedModel(keras.Model):
         """Write config.json and tf_model.h5 in transformers' TF layout (its TF classes load it), or
         model.safetensors with ``safe_serialization=True`` (transformers' TF and PyTorch classes load it), with
         generation_config.json for generative models: one transaction (docs/checkpoints.md). Defaults as
-        transformers' TF save_pretrained (h5, 10GB shards)."""
+        transformers' TF save_pretrained (h5, 10GB shards). A model never called yet is built first (its initial
+        weights are what it would compute with)."""
+        if not self.built:
+            self.build()
         config = self.config.copy()
         config.dtype = self.dtype
         save_checkpoint(self.state_to_canonical(), Path(save_directory), config,

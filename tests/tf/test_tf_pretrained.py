@@ -322,3 +322,18 @@ def test_every_class_pickles_deepcopies_and_keras_saves(cls_name, tmp_path):
         assert len(got) == len(want)
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_new_model_saves_and_its_generation_config_round_trips(tmp_path):
+    """save_pretrained builds a model never called; generation_config.json is written in the same save and read
+    back by from_pretrained (the shared GenerativeModel half of GenerationMixin)."""
+    import gpt2.tf as ours
+
+    model = ours.TFGPT2LMHeadModel(_config())
+    model.generation_config.max_new_tokens = 3
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "tf_model.h5"]
+    again = ours.TFGPT2LMHeadModel.from_pretrained(tmp_path)
+    assert again.generation_config.max_new_tokens == 3 and again.can_generate()
+    np.testing.assert_array_equal(again.state_to_canonical()["transformer.wte.weight"],
+                                  model.state_to_canonical()["transformer.wte.weight"])
