@@ -20,7 +20,7 @@ from ..common.outputs import (
     TokenClassifierOutput,
 )
 from .generation import GenerationMixin
-from .model import TFGPT2Model, static_dims, renamed_past, as_tensor, identity
+from .model import TFGPT2Model, as_tensor, build_once, identity, renamed_past, static_dims
 from .pretrained import TFGPT2PreTrainedModel
 
 IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention)
@@ -96,8 +96,8 @@ class TFGPT2LMHeadModel(GenerationMixin, TFGPT2PreTrainedModel):
         self.post_init()
 
     def build(self, input_shape=None) -> None:
-        self.transformer.build()
-        self.lm_head.build((None, None, self.config.n_embd))
+        build_once(self.transformer)
+        build_once(self.lm_head, (None, None, self.config.n_embd))
         self.built = True
 
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
@@ -138,7 +138,7 @@ class SequenceSummary(keras.layers.Layer):
 
     def build(self, input_shape=None) -> None:
         if isinstance(self.summary, keras.layers.Layer):
-            self.summary.build((None, self._n_embd))
+            build_once(self.summary, (None, self._n_embd))
         self.built = True
 
     def call(self, hidden_states: tf.Tensor, cls_index=None, training=None) -> tf.Tensor:
@@ -181,9 +181,9 @@ class TFGPT2DoubleHeadsModel(GenerationMixin, TFGPT2PreTrainedModel):
         self.post_init()
 
     def build(self, input_shape=None) -> None:
-        self.transformer.build()
-        self.lm_head.build((None, None, self.config.n_embd))
-        self.multiple_choice_head.build()
+        build_once(self.transformer)
+        build_once(self.lm_head, (None, None, self.config.n_embd))
+        build_once(self.multiple_choice_head)
         self.built = True
 
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
@@ -216,8 +216,8 @@ class TFGPT2ForSequenceClassification(TFGPT2PreTrainedModel):
         self.post_init()
 
     def build(self, input_shape=None) -> None:
-        self.transformer.build()
-        self.score.build((None, None, self.config.n_embd))
+        build_once(self.transformer)
+        build_once(self.score, (None, None, self.config.n_embd))
         self.built = True
 
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
@@ -278,8 +278,8 @@ class TFGPT2ForTokenClassification(TFGPT2PreTrainedModel):
         self.post_init()
 
     def build(self, input_shape=None) -> None:
-        self.transformer.build()
-        self.classifier.build((None, None, self.config.n_embd))
+        build_once(self.transformer)
+        build_once(self.classifier, (None, None, self.config.n_embd))
         self.built = True
 
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,
@@ -304,8 +304,8 @@ class TFGPT2ForQuestionAnswering(TFGPT2PreTrainedModel):
         self.post_init()
 
     def build(self, input_shape=None) -> None:
-        self.transformer.build()
-        self.qa_outputs.build((None, None, self.config.n_embd))
+        build_once(self.transformer)
+        build_once(self.qa_outputs, (None, None, self.config.n_embd))
         self.built = True
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -93,6 +93,13 @@ def _no_keras_mask(self, inputs, previous_mask=None):
     return None
 
 
+def build_once(layer: keras.layers.Layer, shape=None) -> None:
+    """Build ``layer`` unless it is built already: a forward through a sub-layer (generate()'s prompt pass runs the
+    trunk's own embed and core) builds it before the model's own build() runs."""
+    if not layer.built:
+        layer.build(shape)
+
+
 def static_dims(x: tf.Tensor) -> list:
     """x's dimensions: Python ints where the shape is static, scalar tensors where it is not (traced shapes)."""
     dynamic = tf.shape(x)
@@ -131,10 +138,10 @@ class Attention(keras.layers.Layer):
 
     def build(self, input_shape=None) -> None:
         C = self.n_head * self.head_dim
-        self.c_attn.build((None, None, C))
+        build_once(self.c_attn, (None, None, C))
         if self.is_cross_attention:
-            self.q_attn.build((None, None, C))
-        self.c_proj.build((None, None, C))
+            build_once(self.q_attn, (None, None, C))
+        build_once(self.c_proj, (None, None, C))
         self.built = True
 
     def _heads(self, x: tf.Tensor) -> tf.Tensor:
@@ -182,8 +189,8 @@ class MLP(keras.layers.Layer):
         self._n_embd = config.n_embd
 
     def build(self, input_shape=None) -> None:
-        self.c_fc.build((None, None, self._n_embd))
-        self.c_proj.build((None, None, self.c_fc.units))
+        build_once(self.c_fc, (None, None, self._n_embd))
+        build_once(self.c_proj, (None, None, self.c_fc.units))
         self.built = True
 
     def call(self, x: tf.Tensor, training=None) -> tf.Tensor:
@@ -214,7 +221,7 @@ class Block(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, getattr(self, "crossattention", None),
                       getattr(self, "ln_cross_attn", None), self.mlp):
             if layer is not None:
-                layer.build(shape)
+                build_once(layer, shape)
         self.built = True
 
     def call(self, x, *, mask=None, is_causal=False, cache=None, head_mask=None, encoder_hidden_states=None,
@@ -262,11 +269,11 @@ class TFGPT2Model(TFGPT2PreTrainedModel):
 
     def build(self, input_shape=None) -> None:
         """Create every weight from the config alone (no forward): the input shape is not needed."""
-        self.wte.build()
-        self.wpe.build()
+        build_once(self.wte)
+        build_once(self.wpe)
         for block in self.h:
-            block.build()
-        self.ln_f.build((None, None, self.config.n_embd))
+            build_once(block)
+        build_once(self.ln_f, (None, None, self.config.n_embd))
         self.built = True
 
     def call(self, input_ids=None, past_key_values=None, attention_mask=None, token_type_ids=None,

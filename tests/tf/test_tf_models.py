@@ -325,3 +325,18 @@ def test_the_whole_call_traces_with_xla_and_with_unknown_shapes():
     np.testing.assert_allclose(unknown(ids, mask).numpy(), eager.logits.numpy(), atol=1e-5, rtol=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="shape is not .batch, cached . new tokens"):
         unknown(ids, mask[:, :4])
+
+
+def test_a_model_whose_trunk_ran_first_still_builds():
+    """generate()'s prompt pass runs the trunk's own layers before the model's build(): build() then skips what is
+    built (it would otherwise make its variables twice, which Keras refuses)."""
+    from conftest import gpt2_config
+    from gpt2.tf import TFGPT2LMHeadModel
+
+    ours = TFGPT2LMHeadModel(gpt2_config())
+    ids = tf.constant(IDS)
+    ours.transformer(ids)
+    assert ours.transformer.built and not ours.built
+    logits = ours(ids).logits
+    assert ours.built and logits.shape == (*IDS.shape, ours.config.vocab_size)
+    assert len(ours.weights) == 2 + 2 * 12 + 2
