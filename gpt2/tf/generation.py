@@ -34,8 +34,10 @@ order). What is TensorFlow's is the plumbing:
 
 What needs the host at every step (max_time, Python logits processors, stopping criteria,
 prefix_allowed_tokens_fn, assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, tf
-column), and so are stop_strings with beam search; so are inputs_embeds, token_type_ids and per-step attentions /
-hidden states, not implemented here.
+column), and so are stop_strings with beam search; so are per-step attentions / hidden states, not implemented
+here. A prompt given as ``inputs_embeds`` goes to the prefill (the loop then decodes ids; processors, stop strings,
+the streamer and the output start at the first generated slot); ``token_type_ids`` go to the prefill, and the
+loop's step adds the last column's type embedding to each new token (a (B, 1) argument of the compiled function).
 ``generation_config.disable_compile=True`` runs the same loop eagerly (the reference the tests compare with).
 ``tf.function(model.generate, jit_compile=True)`` inlines the same loop in the caller's function; its sequences are
 then (B*n, max_length), padded after each row's end (transformers' TF XLA rule), see ``_generate_traced``.
@@ -50,8 +52,9 @@ import numpy as np
 import tensorflow as tf
 
 from ..common import loading
-from ..common.decoding import (Plan, StopStrings, check_attention_mask, check_options, check_prompt,
-                               check_token_range, merge_settings, plan, processor_specs)
+from ..common.decoding import (Plan, StopStrings, check_attention_mask, check_inputs_embeds, check_options,
+                               check_prompt, check_token_range, check_token_type_ids, merge_settings, plan,
+                               processor_specs)
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .beam_search import beam_search
@@ -74,10 +77,14 @@ class Decoder:
     token per row per call, written at the traced slot ``held``."""
 
     def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None,
-                 prompt: dict | None = None, state: tuple | None = None) -> None:
+                 inputs_embeds=None, prompt: dict | None = None, state: tuple | None = None) -> None:
         B, T = input_ids.shape
-        self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
-        self.embeds, self.offset = None, 0  # an inputs_embeds prompt: not implemented in TF (generate() refuses it)
+        # (B, T), or (B, 1) in the loop (the prompt's last column): new tokens take the last column's type, as in
+        # transformers
+        self.token_types = token_type_ids
+        # With inputs_embeds (B, T, C), the prompt's forward embeds them, not ids; the T prompt positions hold no
+        # ids: processors, stop strings and the output see only the generated ids, from ``offset`` on
+        self.embeds, self.offset = inputs_embeds, T if inputs_embeds is not None else 0
         self.model = model
         # TF always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
         self.fixed = max_length
@@ -120,7 +127,10 @@ class Decoder:
         types = None
         if self.token_types is not None:
             types = self.token_types if prompt else tf.repeat(self.token_types[:, -1:], T, axis=1)
-        x = trunk.embed(ids, position_ids=positions, token_type_ids=types)
+        if prompt and self.embeds is not None:
+            x = trunk.embed(position_ids=positions, token_type_ids=types, inputs_embeds=self.embeds)
+        else:
+            x = trunk.embed(ids, position_ids=positions, token_type_ids=types)
         # query i sees the written keys up to its own slot; padding keys get half the mask value (common/numerics.py)
         dtype = scores_dtype(self.model.compute_dtype, self.model.config.reorder_and_upcast_attn)
         causal = tf.range(self.fixed)[None, :] <= tf.range(T)[:, None] + held
@@ -152,12 +162,14 @@ class Decoder:
         self.cache = KVCache(list(keys), list(values), static=True)
 
 
-def prefill(model, ids, mask) -> dict:
+def prefill(model, ids, mask, embeds=None, types=None) -> dict:
     """The prompt's forward, eagerly, outside the compiled decoding loop: the loop then holds one copy of the blocks
     (the one-token step) rather than two, which halves what a first call traces and compiles, and the prompt's
     matmuls run as TF's eager kernels (no trace, nothing to compile). Returns the next-token logits (B, V) in fp32
-    and the prompt's keys and values per layer, (B, nh, T, hs) each."""
-    decoder = Decoder(model, ids, attention_mask=mask, max_length=int(ids.shape[1]))
+    and the prompt's keys and values per layer, (B, nh, T, hs) each. ``embeds`` (B, T, C): the prompt given as
+    embeddings (``ids`` then only gives its shape); ``types`` (B, T): its token types."""
+    decoder = Decoder(model, ids, attention_mask=mask, max_length=int(ids.shape[1]), token_type_ids=types,
+                      inputs_embeds=embeds)
     logits = decoder(ids)
     return dict(logits=logits, keys=tuple(decoder.cache.keys), values=tuple(decoder.cache.values))
 
@@ -198,9 +210,13 @@ class GenerationMixin(loading.GenerativeModel):
         sampling; they need ``tokenizer``, as in transformers) and ``streamer`` (``put(ids)`` / ``end()``, e.g.
         gpt2.common.streamers' TextStreamer; not with beam search, as in transformers): the compiled loop runs a
         few steps at a time (``HOST_CHUNK``) and the host checks the strings and feeds the streamer in between; the
-        tokens are torch's. Not available in TF (refused by name): max_time, logits_processor, stopping_criteria,
-        prefix_allowed_tokens_fn, assistant_model (they need the host at every step), stop_strings with beam
-        search, inputs_embeds, token_type_ids, output_attentions / output_hidden_states.
+        tokens are torch's. ``inputs_embeds`` (B, T, C): the prompt as embeddings, instead of input_ids (its
+        forward runs before the compiled loop); only the new ids come back, and max_length / min_length count the
+        prompt's positions, as in transformers. ``token_type_ids`` (B, T): the prompt's token types; every new
+        token takes the last column's. Not available in TF (refused by name): max_time, logits_processor,
+        stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they need the host at every step),
+        stop_strings with beam search, output_attentions / output_hidden_states; inside the caller's tf.function,
+        inputs_embeds and token_type_ids too.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -266,13 +282,22 @@ def _host(x) -> np.ndarray | None:
 def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, logits_processor,
                    stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant):
     """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
-    returns (input_ids, attention_mask) as int64 numpy arrays (the mask None when not given)."""
+    returns (input_ids, attention_mask, inputs_embeds, token_type_ids) as numpy arrays: ids, mask and types int64
+    (the mask, embeds and types None when not given). With inputs_embeds alone, input_ids is a placeholder of its
+    (B, T) that generate() never shows (torch's rule); token types are range-checked here, before any gather."""
     check_options(cfg, framework="tf", streamer=streamer, assistant_model=assistant,
                   stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                   logits_processor=logits_processor, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids,
                   output_attentions=cfg.return_dict_in_generate and cfg.output_attentions,
                   output_hidden_states=cfg.return_dict_in_generate and cfg.output_hidden_states)
     V = model.config.vocab_size
+    embeds = None
+    if inputs_embeds is not None:
+        shape, dtype = _describe(inputs_embeds)
+        embeds = _host(inputs_embeds) if shape is not None else None
+        check_inputs_embeds(shape=shape, dtype=dtype, n_embd=model.config.n_embd, with_input_ids=input_ids is not None,
+                            floating=embeds is not None and embeds.dtype.kind == "f")
+        input_ids = np.zeros(embeds.shape[:2], dtype=np.int64)
     if input_ids is None:
         if cfg.bos_token_id is None:
             raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
@@ -289,7 +314,18 @@ def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, s
         check_attention_mask(shape=mask.shape if mask.ndim else None, ids_shape=shape,
                              binary=mask.shape == tuple(shape) and bool(np.isin(mask, (0, 1)).all()))
         mask = mask.astype(np.int64)
-    return ids.astype(np.int64), mask
+    types = None
+    if token_type_ids is not None:
+        types = _host(token_type_ids)
+        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=shape)
+        if types.dtype.kind not in "iu":
+            raise TypeError(f"token_type_ids must hold integer ids, got {types.dtype}")
+        # GPT-2 embeds token types with the token table: a gather that TF would not range-check
+        if int(types.min()) < 0 or int(types.max()) >= V:
+            raise ValueError(f"token_type_ids must be ids in 0..{V - 1} (GPT-2 embeds them with the token table), "
+                             f"got values {int(types.min())}..{int(types.max())}")
+        types = types.astype(np.int64)
+    return ids.astype(np.int64), mask, embeds, types
 
 
 def _bucket(n: int) -> int:
@@ -352,18 +388,18 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
             raise ValueError("generate(): stop_strings with beam search (num_beams > 1) is not supported in tf (each "
                              "step's candidate beams would need the host)")
         strings = StopStrings(cfg.stop_strings, tokenizer)
-    ids, mask = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+    ids, mask, embeds, types = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                                logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
                                token_type_ids=token_type_ids, assistant=assistant)
     V = model.config.vocab_size
     B, T = ids.shape
     run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
-               has_attention_mask=mask is not None)
+               has_attention_mask=mask is not None, from_embeds=embeds is not None)
     pad = run.pad
     if run.may_infer_mask(has_attention_mask=mask is not None) and bool((ids == pad).any()):
         mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
-    if pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
+    if embeds is None and pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
         import warnings
 
         warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
@@ -371,7 +407,8 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     if mask is None:
         mask = np.ones_like(ids)
     if run.rows_per_prompt > 1:
-        ids, mask = np.repeat(ids, run.rows_per_prompt, axis=0), np.repeat(mask, run.rows_per_prompt, axis=0)
+        ids, mask, embeds, types = (np.repeat(x, run.rows_per_prompt, axis=0) if x is not None else None
+                                    for x in (ids, mask, embeds, types))
     specs = processor_specs(cfg, run, vocab_size=V)
     spec_key, numbers = _static_specs(specs)
     # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
@@ -379,6 +416,16 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     shift = P - T
     ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
     mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
+    if embeds is not None:  # the bucket's padding embeds zeros (mask 0: never seen)
+        embeds = np.concatenate([np.zeros((embeds.shape[0], shift, embeds.shape[2]), embeds.dtype), embeds], axis=1)
+        embeds = tf.cast(tf.constant(embeds), model.compute_dtype)
+    last_types = None
+    if types is not None:
+        types = np.concatenate([np.zeros((types.shape[0], shift), np.int64), types], axis=1).astype(np.int32)
+        types, last_types = tf.constant(types), tf.constant(types[:, -1:])  # the loop adds the last column's type
+    # the first slot the caller, processors, stop strings and streamer see: the prompt's (shift), or with an
+    # inputs_embeds prompt the first generated one (its slots hold no ids)
+    start = shift + run.offset
     static = _Static(capacity=P + _bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
                      do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
                      num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
@@ -393,14 +440,15 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
         seed = tf.constant([int(seed) >> 32, int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed], tf.int64)
     ids, mask = tf.constant(ids), tf.constant(mask)
     end = tf.constant(shift + run.max_length, tf.int32)
-    args = (mask, tf.constant(shift, tf.int32), end, tf.constant(numbers or [0], tf.int32), seed)
+    args = (mask, tf.constant(start, tf.int32), end, tf.constant(numbers or [0], tf.int32), seed, last_types)
     decode = _decode if static.num_beams > 1 else _continue
     if cfg.disable_compile:
-        function, prompt = functools.partial(decode, model, static), prefill(model, ids, mask)
+        function, prompt = functools.partial(decode, model, static), prefill(model, ids, mask, embeds, types)
     else:
         functions = model.__dict__.setdefault("_generate_functions", {})
-        key = (static, tuple(ids.shape))
-        prompt = _prefill_function(model, ids.shape)(ids, mask) if key in functions else prefill(model, ids, mask)
+        key = (static, tuple(ids.shape), types is not None)
+        prompt = (_prefill_function(model, ids.shape)(ids, mask, embeds, types) if key in functions
+                  else prefill(model, ids, mask, embeds, types))
         if key not in functions:
             # autograph off: the loops are tf.while_loop / tf.cond already, and converting the model's code (every
             # Keras layer's call) would double the tracing time of a first call
@@ -417,11 +465,11 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
             running = function(*args, end, running)
         else:
             if streamer is not None:  # the prompt first, as torch's (and transformers') generate
-                streamer.put(ids.numpy()[:, shift:])
+                streamer.put(ids.numpy()[:, start:])
             running = _on_the_host(function, args, running, strings=strings, streamer=streamer, static=static,
-                                   shift=shift, end=int(end))
+                                   shift=start, end=int(end))
         result = _result(running)
-    return _finish(model, cfg, run, static, result, shift=shift, prompt=P)
+    return _finish(model, cfg, run, static, result, shift=start, prompt=P)
 
 
 # Steps per compiled call between two visits of the host (stop strings, streamer): few enough that little is decoded
@@ -472,8 +520,10 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
     function is specialised to its shapes anyway), token ids cannot be range-checked (give checked ids), the
     sequences come back as transformers' TF generate() returns them under XLA: (B*n, max_length), padded after
     each row's end with the padding id; return_dict_in_generate is refused (the number of steps is traced)."""
-    if any(v for v in others.values()):
-        names = ", ".join(k for k, v in others.items() if v)
+    # given: not None (a tensor's truth cannot be read in a trace), and not an empty list of hooks
+    given = [k for k, v in others.items() if v is not None and not (isinstance(v, (list, tuple)) and not v)]
+    if given:
+        names = ", ".join(given)
         raise ValueError(f"generate() inside tf.function: {names} not supported in tf (see generate()'s docstring)")
     check_options(cfg, framework="tf")
     if cfg.stop_strings is not None:
@@ -507,7 +557,7 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
         seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
     seed = tf.cast(tf.stack([0, seed]) if tf.convert_to_tensor(seed).shape.rank == 0 else seed, tf.int64)
     result = _decode(model, static, ids, mask, tf.constant(0), tf.constant(run.max_length),
-                     tf.constant(numbers or [0], tf.int32), seed)
+                     tf.constant(numbers or [0], tf.int32), seed, None)
     out = result["ids"]
     if static.num_beams > 1:
         n = static.num_return_sequences
@@ -516,15 +566,17 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
     return tf.where(tf.range(run.max_length)[None, :] < result["length"], out, fill)
 
 
-def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed, prompt: dict | None = None):
+def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed, types, prompt: dict | None = None):
     """The whole decoding, traceable: the prompt's forward (unless ``prompt`` holds it already), then the loop.
-    ``shift``: bucket padding before the prompt; ``max_length``: where rows stop, in buffer slots (shift + the
-    plan's max_length)."""
+    ``shift``: the first slot processors see (the bucket's padding before the prompt; with an inputs_embeds prompt,
+    the prompt too); ``max_length``: where rows stop, in buffer slots (the bucket's padding + the plan's
+    max_length); ``types``: None, or (B, 1) the token type of every new token."""
     model.__dict__["_generate_traces"] = model.__dict__.get("_generate_traces", 0) + 1  # at trace time only
     B, P = ids.shape
     processors = _processors(static, numbers, model.config.vocab_size)
     stop = Stop(eos=list(static.eos), max_length=max_length)
-    decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt)
+    decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt,
+                      token_type_ids=types)
     if static.num_beams > 1:
         fill = (static.pad if static.pad else static.eos[0]) if static.eos else -1
         buffer = tf.concat([ids, tf.fill([B, static.capacity - P], fill)], axis=1)
@@ -536,7 +588,7 @@ def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed,
     return _result(running)
 
 
-def _continue(model, static: _Static, mask, shift, max_length, numbers, seed, until, running: dict) -> dict:
+def _continue(model, static: _Static, mask, shift, max_length, numbers, seed, types, until, running: dict) -> dict:
     """Greedy decoding / sampling from ``running`` (the prompt's forward done, maybe some steps too) until slot
     ``until`` or the end (max_length, every row finished): the compiled function of generate() for one beam. The
     state comes in and goes out whole, so that the host may run it in chunks (stop strings)."""
@@ -545,7 +597,7 @@ def _continue(model, static: _Static, mask, shift, max_length, numbers, seed, un
     processors = _processors(static, numbers, model.config.vocab_size)
     stop = Stop(eos=list(static.eos), max_length=max_length)
     decoder = Decoder(model, running["ids"][:, :P], attention_mask=mask, max_length=static.capacity,
-                      state=running["state"])
+                      token_type_ids=types, state=running["state"])
     return _sample(decoder, running, static=static, shift=shift, max_length=max_length, until=until,
                    processors=processors, stop=stop, seed=seed)
 
