@@ -382,6 +382,8 @@ def _processors(static: _Static, numbers: tf.Tensor, vocab_size: int):
 
 def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, seed, logits_processor,
               stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant, tokenizer=None):
+    if not model.built:  # the prompt pass runs the trunk's layers directly: build the model as a whole first
+        model.build()
     strings = None
     if cfg.stop_strings is not None:
         if cfg.num_beams > 1:

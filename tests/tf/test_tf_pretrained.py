@@ -337,3 +337,19 @@ def test_a_new_model_saves_and_its_generation_config_round_trips(tmp_path):
     assert again.generation_config.max_new_tokens == 3 and again.can_generate()
     np.testing.assert_array_equal(again.state_to_canonical()["transformer.wte.weight"],
                                   model.state_to_canonical()["transformer.wte.weight"])
+
+
+def test_a_model_that_only_generated_is_built_and_pickles():
+    """generate() on a model never called builds it as a whole: its weights can be read, it pickles, and the copy
+    generates the same tokens."""
+    import pickle
+
+    import gpt2.tf as ours
+
+    model = ours.TFGPT2LMHeadModel(_config())
+    ids = tf.constant(IDS)
+    first = model.generate(ids, max_new_tokens=3, pad_token_id=0)
+    assert model.built
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.generate(ids, max_new_tokens=3, pad_token_id=0).numpy(), first.numpy())
+    assert model(ids).logits.shape == (*IDS.shape, 50)
