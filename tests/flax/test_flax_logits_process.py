@@ -103,6 +103,7 @@ def _inputs(length, seed):
     scores = rng.standard_normal((B, V)).astype(np.float32) * 2
     scores[0, 3] = scores[0, 5]  # a tie
     scores[2] = np.round(scores[2])  # many ties: sorts must break them as torch does
+    scores[1, 10] = -np.inf  # an id already banned (bad words, an earlier processor)
     return written, scores
 
 
