@@ -9,7 +9,8 @@ Each adapter speaks its framework's calling conventions (transformers' for each:
 
 ``skip_reason()`` says why a framework cannot run here (None when it can): its library is not installed, or our
 package for it (gpt2.torch / gpt2.tf / gpt2.flax) does not exist yet (no folder, no __init__.py, or no heads.py:
-files still being written). A package that exists but fails to import, or lacks a class, is NOT a skip: ``load`` raises its ImportError, so a broken package fails the tests instead of hiding behind a skip.
+files still being written). A package that exists but fails to import, or lacks a class, is NOT a skip: ``load``
+raises its ImportError (or AttributeError), so a broken package fails the tests instead of hiding behind a skip.
 
 Inputs are numpy arrays; each adapter converts them (torch tensors, int32 for TF and JAX ids).
 """

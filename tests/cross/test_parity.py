@@ -251,9 +251,8 @@ def formats(store):
             _write_openai(state, config, dst)
         else:
             assert main(["convert", str(src), str(dst), "--to", fmt]) == 0
-        weights = sorted(p.name for p in dst.iterdir() if p.name != "config.json" and not p.name.endswith(".txt")
-                         and not p.name.endswith("generation_config.json"))
-        assert FORMATS[fmt] in weights, (fmt, weights)
+        weights = {p.name for p in dst.iterdir()} & set(FORMATS.values())
+        assert weights == {FORMATS[fmt]}, (fmt, weights)  # that format and no other: no fallback to load
         out[fmt] = dst
     return out
 
