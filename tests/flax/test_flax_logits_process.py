@@ -287,3 +287,52 @@ def test_gumbel_top_k_draws_without_replacement_as_beam_sampling_does():
     freq = np.bincount(picked[:, 0], minlength=V)[:4] / 5000
     np.testing.assert_array_less(np.abs(freq - [0.4, 0.3, 0.2, 0.1]), 0.03)
     assert math.isclose(float(jnp.mean(jxp.gumbel((200000,), jax.random.key(4), 1))), 0.5772, abs_tol=0.01)
+
+
+def test_processors_and_stop_inside_a_while_loop_as_torch_greedy():
+    """A toy decode loop (next logits: a table row of the last token) under jit + lax.while_loop, greedy with
+    processors and Stop, against the same loop in torch, step by step in Python."""
+    rng = np.random.default_rng(9)
+    table = rng.standard_normal((V, V)).astype(np.float32)
+    prompt = rng.integers(1, 6, (B, 4))
+    options = dict(repetition_penalty=1.5, no_repeat_ngram_size=2, bad_words_ids=[[3, 4]], min_new_tokens=4,
+                   eos_token_id=7, pad_token_id=PAD)
+    specs = _specs(options, prompt_length=4)
+
+    processors, stop = ptp.build_processors(specs, vocab_size=V, device="cpu"), TorchStop(
+        eos=[7], max_length=MAX, max_time=None, device="cpu")
+    ids = torch.zeros((B, MAX), dtype=torch.long)
+    ids[:, :4] = torch.from_numpy(prompt)
+    done = torch.zeros(B, dtype=torch.bool)
+    for length in range(4, MAX):
+        scores = ptp.run_processors(processors, ids, length, torch.from_numpy(table)[ids[:, length - 1]])
+        ids[:, length] = torch.where(done, PAD, scores.argmax(-1))
+        done = done | stop(ids[:, : length + 1])
+        if done.all():
+            break
+    want = ids.numpy()
+
+    @jax.jit
+    def decode(ids, start, min_length):
+        traced = [ProcessorSpec(s.name, {**s.options, "min_length": min_length}) if s.name == "min_length" else s
+                  for s in specs]
+        processors, stop = jxp.build_processors(traced, vocab_size=V), Stop(eos=[7], max_length=MAX)
+
+        def body(carry):
+            ids, length, done = carry
+            last = jax.lax.dynamic_index_in_dim(ids, length - 1, axis=1, keepdims=False)
+            scores = jxp.run_processors(processors, ids, length, jnp.asarray(table)[last])
+            token = jnp.where(done, PAD, jnp.argmax(scores, -1).astype(jnp.int32))
+            ids = jax.lax.dynamic_update_slice_in_dim(ids, token[:, None], length, axis=1)
+            return ids, length + 1, done | stop(ids, length + 1)
+
+        def running(carry):
+            return ~jnp.all(carry[2])
+        return jax.lax.while_loop(running, body, (ids, start, jnp.zeros(B, bool)))[0]
+
+    buffer = np.zeros((B, MAX), np.int32)
+    buffer[:, :4] = prompt
+    (spec,) = [s for s in specs if s.name == "min_length"]
+    got = np.asarray(decode(jnp.asarray(buffer), jnp.int32(4), jnp.int32(spec.options["min_length"])))
+    np.testing.assert_array_equal(got, want)
+    assert (want[:, 4:] != PAD).any()
