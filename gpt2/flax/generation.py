@@ -1,0 +1,604 @@
+"""generate() for the Flax models: greedy, sampling and beam search, token for token as torch's (and transformers
+4.57's PyTorch), decoded in one ``lax.while_loop`` under ``jax.jit``.
+
+>>> from gpt2.flax import FlaxGPT2LMHeadModel
+>>> model = FlaxGPT2LMHeadModel.from_pretrained("gpt2")
+>>> ids = model.generate(prompt_ids, max_new_tokens=20)                                        # greedy
+>>> ids = model.generate(prompt_ids, max_new_tokens=20, do_sample=True, top_p=0.9,
+...                      prng_key=jax.random.key(0))                                          # reproducible sampling
+>>> out = model.generate(prompt_ids, num_beams=4, return_dict_in_generate=True, output_scores=True)
+>>> ids = model.generate(prompt_ids, max_new_tokens=50, stop_strings=["\\n\\n"], tokenizer=tokenizer)
+
+The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
+with, how beams are scored and finalized -- are gpt2/torch/generation.py's, decided framework-free in
+``gpt2.common.decoding``. What is JAX's is the plumbing (gpt2/tf/generation.py is the same design in TF):
+
+- the model is split once per call (``nnx.split``): its GraphDef is static (part of the compiled function's key),
+  its weights are an ARGUMENT of the compiled functions, never captured constants: compiling copies no weight, and
+  ``params=`` runs other weights through the same compiled code;
+- the prompt is left-padded (mask 0) to a power-of-two bucket and the new tokens get a power-of-two bucket of slots,
+  so another prompt length or another max_new_tokens in the same buckets runs the same compiled code: the prompt's
+  true length, max_length, the length-dependent processor options (``TRACED_OPTIONS``) and the float options
+  (``TRACED_FLOATS``: temperature, top_p, ...) are traced scalars;
+- two compiled functions per run: the prompt's forward (``prefill``, per batch, prompt bucket and cache size), then
+  the decoding loop (per batch, buckets and option signature) holding one copy of the blocks, the one-token step;
+  both are kept per model (a module-level weak registry, ``_FUNCTIONS``; ``trace_count(model)`` counts traces);
+- inside the loop: a static KV cache of ``capacity`` slots (cache.py ``KVCache.at``: the step writes one token per
+  row at a traced slot, the mask opens one key per step), the loop's state (``_Running``, a NamedTuple: a pytree)
+  donated from call to call; processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's
+  padding never shows). For greedy decoding and sampling the whole state goes in and out (``_continue``), so the host
+  may run the loop in chunks: stop_strings are checked and a streamer fed between chunks of ``HOST_CHUNK`` steps;
+- sampling: Gumbel-max noise from ``jax.random.fold_in(prng_key, step)`` (logits_process.py ``sample``): a fixed
+  key gives the same tokens whatever the chunking (not torch's tokens: its generator is another algorithm).
+
+What needs the host at every step (max_time, Python logits processors, stopping criteria, prefix_allowed_tokens_fn,
+assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, flax column), as are
+stop_strings with beam search, per-step attentions / hidden states, and (not implemented here yet) a prompt given as
+inputs_embeds or with token_type_ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..common import loading
+from ..common.decoding import (ProcessorSpec, StopStrings, check_attention_mask, check_options, check_prompt,
+                               check_token_range, merge_settings, plan, processor_specs)
+from ..common.generation import GenerationConfig
+from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from .beam_search import beam_search
+from .cache import KVCache
+from .logits_process import build_processors, record_step, run_processors, sample
+from .model import is_concrete, mask_value, scores_dtype
+from .pretrained import _Frozen
+from .stopping import Stop
+
+# Processor options that depend on the prompt's length (min_length, forced eos, the decay start, begin-suppress):
+# traced int32 scalars, so that a new prompt length or max_new_tokens in the same buckets does not retrace.
+TRACED_OPTIONS = ("min_length", "at_length", "start")
+# Float options traced as float32 scalars (a new temperature or top_p does not retrace). The decay penalty's factor
+# stays static: logits_process.py computes its log in float64 on the host, as torch does.
+TRACED_FLOATS = ("temperature", "penalty", "p", "min_p", "mass", "epsilon", "eta")
+SMALLEST_BUCKET = 8
+# Steps per compiled call between two visits of the host (stop strings, streamer): few enough that little is decoded
+# past a stop and tokens reach a streamer early, enough that the calls' overhead stays small against the steps' work.
+HOST_CHUNK = 8
+
+
+def _logits(model, x: jax.Array) -> jax.Array:
+    """The LM head over hidden states x (B, t, C): a tied head attends over the trunk's token table (logits =
+    x @ wte.T, GPT-2's tied embeddings), an untied one is the model's ``lm_head``."""
+    head = getattr(model, "lm_head", None)
+    if head is None or model.config.tie_word_embeddings:
+        return model.trunk.wte.attend(x)
+    return head(x)
+
+
+# -- the model behind generate() ------------------------------------------------------------------------------------
+class Decoder:
+    """Runs the model for generate(), traceably: one static KV cache of ``max_length`` slots for the run, the
+    attention mask (the prompt's, then ones) with position ids from its cumsum as transformers'
+    prepare_inputs_for_generation, logits of the last position only. ``decoder(ids)`` takes the prompt, then one
+    token per row per call, written at the traced slot ``held``. ``state``: resume from ``_state()`` (the loop's
+    variables), with no cache allocated."""
+
+    def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None,
+                 inputs_embeds=None, state: tuple | None = None) -> None:
+        B, T = input_ids.shape
+        self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
+        # With inputs_embeds, the T prompt positions hold no ids: processors and the output start at ``offset``
+        self.embeds, self.offset = inputs_embeds, T if inputs_embeds is not None else 0
+        self.model = model
+        # JAX always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
+        self.fixed = max_length
+        self.cache = KVCache.for_model(model, B, max_length) if state is None else None
+        self.kwargs = dict(output_attentions=False, output_hidden_states=False)
+        mask = jnp.asarray(attention_mask, jnp.int32)
+        self.mask = jnp.concatenate([mask, jnp.ones((B, max_length - T), jnp.int32)], axis=1)  # (B, max_length)
+        self.prompt_positions = jnp.where(mask == 0, 1, jnp.cumsum(mask, axis=-1) - 1)
+        self.next_position = jnp.sum(mask, axis=-1, keepdims=True)  # (B, 1): real tokens so far
+        self.last_output = None
+        self.held = 0  # slots written: a Python 0 before the prompt, then a traced int32 scalar
+        if state is not None:
+            self._load(state)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """Feed ``ids`` (B, t) after what the cache holds; return the next-token logits (B, V) in fp32."""
+        T, held, trunk = ids.shape[1], self.held, self.model.trunk
+        prompt = isinstance(held, int)
+        if prompt:
+            positions = self.prompt_positions
+        else:
+            positions = self.next_position
+            self.next_position = self.next_position + 1
+        types = None
+        if self.token_types is not None:
+            types = self.token_types if prompt else jnp.repeat(self.token_types[:, -1:], T, axis=1)
+        if prompt and self.embeds is not None:
+            x = trunk.embed(position_ids=positions, token_type_ids=types, inputs_embeds=self.embeds)
+        else:
+            x = trunk.embed(ids, position_ids=positions, token_type_ids=types)
+        # query i sees the written keys up to its own slot; padding keys get half the mask value (common/numerics.py)
+        dtype = scores_dtype(x.dtype, self.model.config.reorder_and_upcast_attn)
+        causal = jnp.arange(self.fixed)[None, :] <= jnp.arange(T)[:, None] + held
+        bias = jnp.where(causal, jnp.zeros((), dtype), jnp.asarray(mask_value(dtype), dtype))
+        padding = (self.mask == 0)[:, None, None, :]
+        bias = jnp.where(padding & causal, jnp.asarray(mask_value(dtype) / 2, dtype), bias)
+        view = self.cache.at(held)
+        out = trunk.core(x, mask=bias, cache=view, **self.kwargs)
+        self.cache = KVCache(view.keys, view.values, static=True)
+        self.held = jnp.asarray(held + T, jnp.int32)
+        self.last_output = out
+        return _logits(self.model, out[0][:, -1:, :])[:, -1, :].astype(jnp.float32)
+
+    def close(self) -> None:
+        """The run is over: nothing is held (the compiled functions, not the decoder, are kept)."""
+        self.last_output = None
+
+    def reorder(self, rows: jax.Array) -> None:
+        """Beam search: row i of the cache becomes row ``rows[i]``."""
+        self.cache.reorder_cache(rows)
+
+    def _state(self) -> tuple:
+        """What changes between steps, as loop variables: cache keys, values, slots held, next positions."""
+        return tuple(self.cache.keys), tuple(self.cache.values), self.held, self.next_position
+
+    def _load(self, state: tuple) -> None:
+        keys, values, self.held, self.next_position = state
+        self.cache = KVCache(list(keys), list(values), static=True)
+
+
+def prefill(model, ids, mask, capacity: int, embeds=None, types=None) -> tuple[jax.Array, tuple]:
+    """The prompt's forward (ids (B, P), its bucket's padding masked): the next-token logits (B, V) in fp32 and the
+    decoder's state with the prompt's keys and values in the first P of ``capacity`` cache slots."""
+    decoder = Decoder(model, ids, attention_mask=mask, max_length=capacity, token_type_ids=types,
+                      inputs_embeds=embeds)
+    logits = decoder(ids)
+    return logits, decoder._state()
+
+
+# -- generate() ------------------------------------------------------------------------------------------------------
+class _GenerationConfigHolder(loading.GenerativeModel):
+    """``generation_config`` kept in a ``_Frozen`` holder: an NNX module's plain attributes go into its GraphDef,
+    which must hash, and a GenerationConfig does not (the same reason as the model config, pretrained.py)."""
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        holder = self.__dict__.get("_generation_config")
+        if holder is None:
+            holder = self.__dict__["_generation_config"] = _Frozen(GenerationConfig.from_model_config(self.config))
+        return holder.value
+
+    @generation_config.setter
+    def generation_config(self, value: GenerationConfig) -> None:
+        if not isinstance(value, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig, got {type(value).__name__}")
+        self.__dict__["_generation_config"] = _Frozen(value)
+
+
+class GenerationMixin(_GenerationConfigHolder):
+    """``generate()`` for the models with a language-model head; ``generation_config``, ``can_generate`` and the
+    generation_config.json that from_pretrained reads and save_pretrained writes are common (loading.py)."""
+
+    def generate(self, input_ids=None, attention_mask=None, generation_config: GenerationConfig | None = None,
+                 streamer=None, prng_key=None, seed=None, tokenizer=None, logits_processor=None,
+                 stopping_criteria=None, prefix_allowed_tokens_fn=None, inputs_embeds=None, token_type_ids=None,
+                 assistant_model=None, params=None, **kwargs):
+        """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
+        as an int32 array or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput /
+        GenerateBeamDecoderOnlyOutput (scores and logits: one (B*n, V) array per step).
+
+        Options: ``self.generation_config``, overridden by the non-default values of ``generation_config``, then by
+        ``kwargs`` (GenerationConfig fields: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,
+        typical_p, epsilon_cutoff, eta_cutoff, num_beams, length_penalty, early_stopping, repetition_penalty,
+        no_repeat_ngram_size, bad_words_ids, sequence_bias, min_new_tokens, eos_token_id, pad_token_id,
+        num_return_sequences, output_scores, output_logits, ...). ``prng_key``: a ``jax.random.key`` (or a legacy
+        uint32 PRNGKey) for sampling; ``seed``: an int for ``jax.random.key(seed)``; neither: key 0, as
+        transformers' Flax generate. ``params``: other weights (a pytree shaped as ``model.params``), through the
+        same compiled code.
+
+        Compiled with jax.jit (see the module docstring). ``stop_strings`` (greedy and sampling; they need
+        ``tokenizer``, as in transformers) and ``streamer`` (``put(ids)`` / ``end()``; not with beam search, as in
+        transformers): the compiled loop runs a few steps at a time and the host checks the strings and feeds the
+        streamer in between; the tokens are torch's. Refused by name: max_time, logits_processor,
+        stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they need the host at every step),
+        stop_strings with beam search, output_attentions / output_hidden_states, inputs_embeds, token_type_ids.
+        Call it outside jax.jit: it reads its inputs on the host and compiles its own loop.
+        """
+        if "inputs" in kwargs:  # transformers' name for the first argument
+            if input_ids is not None:
+                raise ValueError("give input_ids or inputs, not both")
+            input_ids = kwargs.pop("inputs")
+        cfg = merge_settings(self.generation_config, generation_config, **kwargs)
+        return _generate(self, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                         key=_prng_key(prng_key, seed), tokenizer=tokenizer, params=params,
+                         others=dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                                     prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
+                                     token_type_ids=token_type_ids, assistant_model=assistant_model))
+
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """The score of each generated token at the step that chose it, (B*n, generated length), as transformers'
+        ``compute_transition_scores``: ``scores`` from ``generate(..., return_dict_in_generate=True,
+        output_scores=True)``, ``beam_indices`` from a beam search output; ``normalize_logits``: log-softmax first.
+        Steps after a beam finished are 0.
+
+        >>> out = model.generate(ids, max_new_tokens=5, return_dict_in_generate=True, output_scores=True)
+        >>> model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)   # log-probabilities
+        """
+        if not scores:
+            raise ValueError("scores is empty: pass generate(..., return_dict_in_generate=True, output_scores=True)'s "
+                             "scores")
+        stacked = jnp.stack(tuple(scores), axis=1)  # (rows, steps, V)
+        if normalize_logits:
+            stacked = jax.nn.log_softmax(stacked, axis=-1)
+        rows, steps = stacked.shape[:2]
+        if beam_indices is None:  # greedy / sampling: row i's scores chose row i's tokens
+            beam_indices = np.broadcast_to(np.arange(rows)[:, None], (rows, steps))
+        beam_indices = np.asarray(beam_indices).astype(np.int32)
+        sequences = np.asarray(sequences)
+        if beam_indices.shape[0] != sequences.shape[0]:
+            raise ValueError(f"beam_indices has {beam_indices.shape[0]} rows, sequences {sequences.shape[0]}")
+        valid = beam_indices >= 0
+        length = int(valid.sum(axis=-1).max())
+        if length > steps or length > sequences.shape[-1]:
+            raise ValueError(f"{length} generated steps named by beam_indices, but scores hold {steps} and sequences "
+                             f"{sequences.shape[-1]} columns")
+        which, valid = np.maximum(beam_indices[:, :length], 0), valid[:, :length]
+        tokens = sequences[:, sequences.shape[-1] - length:].astype(np.int32)
+        picked = stacked[which, np.arange(length)[None, :], tokens]
+        return jnp.where(valid, picked, jnp.zeros((), stacked.dtype))
+
+
+def _prng_key(prng_key, seed) -> jax.Array:
+    """A typed key: ``prng_key`` as given (a legacy uint32 (2,) key wrapped), else ``jax.random.key(seed or 0)``."""
+    if prng_key is not None:
+        if seed is not None:
+            raise ValueError("give prng_key or seed, not both")
+        key = jnp.asarray(prng_key) if not isinstance(prng_key, jax.Array) else prng_key
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(f"prng_key must be one key, got an array of keys of shape {key.shape}")
+            return key
+        if key.dtype != jnp.uint32 or key.shape != (2,):
+            raise ValueError(f"prng_key must be a jax.random.key(...) or a uint32 (2,) PRNGKey, got {key.dtype} of "
+                             f"shape {key.shape}")
+        return jax.random.wrap_key_data(key)
+    if seed is not None and not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return jax.random.key(0 if seed is None else int(seed))
+
+
+def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, others: dict):
+    """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
+    returns (ids, mask) as numpy int64 arrays (the mask None when not given)."""
+    check_options(cfg, framework="flax", streamer=streamer,
+                  output_attentions=cfg.return_dict_in_generate and cfg.output_attentions,
+                  output_hidden_states=cfg.return_dict_in_generate and cfg.output_hidden_states, **others)
+    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if value is not None and not is_concrete(value):
+            raise ValueError(f"generate() reads {name} on the host and compiles its own loop: call it outside "
+                             f"jax.jit / vmap / grad")
+    V = model.config.vocab_size
+    if input_ids is None:
+        if cfg.bos_token_id is None:
+            raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
+        input_ids = np.full((1, 1), cfg.bos_token_id, dtype=np.int64)
+    ids = np.asarray(input_ids)
+    check_prompt(shape=ids.shape, dtype=f"{type(input_ids).__name__} of {ids.dtype}", integer=ids.dtype.kind in "iu")
+    check_token_range(low=int(ids.min()), high=int(ids.max()), vocab_size=V)
+    mask = None
+    if attention_mask is not None:
+        mask = np.asarray(attention_mask)
+        check_attention_mask(shape=mask.shape if mask.ndim else None, ids_shape=ids.shape,
+                             binary=mask.shape == ids.shape and bool(np.isin(mask, (0, 1)).all()))
+        mask = mask.astype(np.int64)
+    return ids.astype(np.int64), mask
+
+
+def _bucket(n: int) -> int:
+    """The power of two >= n (at least SMALLEST_BUCKET): prompt lengths and new-token counts come in few sizes."""
+    return max(SMALLEST_BUCKET, 1 << (int(n) - 1).bit_length())
+
+
+def _hashable(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+class _Static(NamedTuple):
+    """What one compiled loop is specialised to (with the input shapes); everything else is traced."""
+
+    capacity: int  # slots of the ids buffer and the cache: the prompt bucket, then the new tokens' bucket
+    specs: tuple  # per processor: its name, its static options, the names of its traced ints and floats
+    eos: tuple
+    pad: int | None
+    do_sample: bool
+    num_beams: int
+    num_return_sequences: int
+    early_stopping: object
+    length_penalty: float
+    record_scores: bool
+    record_logits: bool
+
+
+def _static_specs(specs) -> tuple[tuple, list[int], list[float]]:
+    """Split each spec's options into static ones (in the key), traced ints and traced floats."""
+    static, numbers, floats = [], [], []
+    for spec in specs:
+        ints = tuple(k for k in TRACED_OPTIONS if spec.options.get(k) is not None)
+        reals = tuple(k for k in TRACED_FLOATS if spec.options.get(k) is not None)
+        numbers += [int(spec.options[k]) for k in ints]
+        floats += [float(spec.options[k]) for k in reals]
+        kept = {k: v for k, v in spec.options.items() if k not in ints + reals}
+        static.append((spec.name, _hashable(kept), ints, reals))
+    return tuple(static), numbers, floats
+
+
+def _processors(static: _Static, numbers: jax.Array, floats: jax.Array, vocab_size: int):
+    """The processors, built inside the trace with the traced numbers in place of their options."""
+    specs, i, j = [], 0, 0
+    for name, options, ints, reals in static.specs:
+        options = {k: (dict(v) if k == "bias" else list(v) if isinstance(v, tuple) else v) for k, v in options}
+        for k in ints:
+            options[k], i = numbers[i], i + 1
+        for k in reals:
+            options[k], j = floats[j], j + 1
+        specs.append(ProcessorSpec(name, options))
+    return build_processors(specs, vocab_size=vocab_size)
+
+
+# -- the compiled functions, kept per model ----------------------------------------------------------------------------
+# model -> {"traces": count, (kind, graphdef, static...): jitted function}. Weak: a model's functions go with it.
+_FUNCTIONS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _registry(model) -> dict:
+    found = _FUNCTIONS.get(model)
+    if found is None:
+        found = _FUNCTIONS[model] = {"traces": 0}
+    return found
+
+
+def trace_count(model) -> int:
+    """How many times generate()'s functions were traced (so compiled) for ``model``: a test's compile counter."""
+    return _registry(model)["traces"]
+
+
+def _function(model, key: tuple, build):
+    registry = _registry(model)
+    if key not in registry:
+        registry[key] = build(registry)
+    return registry[key]
+
+
+def _prefill_function(graphdef, capacity: int, registry: dict):
+    def run(state, ids, mask):
+        registry["traces"] += 1  # at trace time only
+        return prefill(nnx.merge(graphdef, state), ids, mask, capacity)
+    return jax.jit(run)
+
+
+def _continue_function(graphdef, static: _Static, registry: dict):
+    def run(state, mask, start, end, numbers, floats, key, until, running):
+        registry["traces"] += 1
+        model = nnx.merge(graphdef, state)
+        processors = _processors(static, numbers, floats, model.config.vocab_size)
+        stop = Stop(eos=list(static.eos), max_length=end)
+        decoder = Decoder(model, running.ids[:, :mask.shape[1]], attention_mask=mask, max_length=static.capacity,
+                          state=running.state)
+        return _sample(decoder, running, static=static, start=start, end=end, until=until, processors=processors,
+                       stop=stop, key=key)
+    return jax.jit(run, donate_argnames=("running",))
+
+
+def _beam_function(graphdef, static: _Static, registry: dict):
+    def run(state, ids, mask, start, end, numbers, floats, key, prompt):
+        registry["traces"] += 1
+        model = nnx.merge(graphdef, state)
+        processors = _processors(static, numbers, floats, model.config.vocab_size)
+        stop = Stop(eos=list(static.eos), max_length=end)
+        logits, decoder_state = prompt
+        decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, state=decoder_state)
+        B, P = ids.shape
+        fill = (static.pad if static.pad else static.eos[0]) if static.eos else -1
+        buffer = jnp.concatenate([ids, jnp.full((B, static.capacity - P), fill, jnp.int32)], axis=1)
+        return beam_search(decoder, buffer, logits=logits, static=static, shift=start, max_length=end,
+                           processors=processors, stop=stop, key=key)
+    return jax.jit(run, donate_argnames=("prompt",))
+
+
+def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, key, tokenizer, params,
+              others: dict):
+    strings = None
+    if cfg.stop_strings is not None:
+        if cfg.num_beams > 1:
+            raise ValueError("generate(): stop_strings with beam search (num_beams > 1) is not supported in flax "
+                             "(each step's candidate beams would need the host)")
+        strings = StopStrings(cfg.stop_strings, tokenizer)
+    ids, mask = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                               others=others)
+    V = model.config.vocab_size
+    B, T = ids.shape
+    run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
+               has_attention_mask=mask is not None)
+    pad = run.pad
+    if run.may_infer_mask(has_attention_mask=mask is not None) and bool((ids == pad).any()):
+        mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
+    if pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
+        import warnings
+
+        warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
+                      stacklevel=3)
+    if mask is None:
+        mask = np.ones_like(ids)
+    if run.rows_per_prompt > 1:
+        ids, mask = np.repeat(ids, run.rows_per_prompt, axis=0), np.repeat(mask, run.rows_per_prompt, axis=0)
+    spec_key, numbers, floats = _static_specs(processor_specs(cfg, run, vocab_size=V))
+    # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
+    P = _bucket(T)
+    shift = P - T
+    ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
+    mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
+    static = _Static(capacity=P + _bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
+                     do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
+                     num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
+                     length_penalty=float(cfg.length_penalty),
+                     record_scores=bool(cfg.return_dict_in_generate and cfg.output_scores),
+                     record_logits=bool(cfg.return_dict_in_generate and cfg.output_logits))
+    bound = model if params is None else model._with_params(params)
+    graphdef, state = nnx.split(bound)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    end = jnp.asarray(shift + run.max_length, jnp.int32)
+    args = (mask, jnp.asarray(shift, jnp.int32), end, jnp.asarray(numbers or [0], jnp.int32),
+            jnp.asarray(floats or [0.0], jnp.float32), key)
+    first = _function(model, ("prefill", graphdef, static.capacity),
+                      functools.partial(_prefill_function, graphdef, static.capacity))
+    logits, decoder_state = first(state, ids, mask)
+    if static.num_beams > 1:
+        decode = _function(model, ("beam", graphdef, static), functools.partial(_beam_function, graphdef, static))
+        result = decode(state, ids, *args, (logits, decoder_state))
+        return _finish(cfg, static, result, shift=shift, prompt=P)
+    rows, steps = ids.shape[0], static.capacity - P
+    running = _Running(cur=jnp.asarray(P, jnp.int32),
+                       ids=jnp.concatenate([ids, jnp.zeros((rows, steps), jnp.int32)], axis=1),
+                       unfinished=jnp.ones((rows,), bool), next_logits=logits,
+                       scores=jnp.zeros((rows, steps, V) if static.record_scores else (0,), jnp.float32),
+                       logits=jnp.zeros((rows, steps, V) if static.record_logits else (0,), jnp.float32),
+                       state=decoder_state)
+    decode = _function(model, ("sample", graphdef, static), functools.partial(_continue_function, graphdef, static))
+    if strings is None and streamer is None:
+        running = decode(state, *args, end, running)
+    else:
+        if streamer is not None:  # the prompt first, as torch's (and transformers') generate
+            streamer.put(np.asarray(ids)[:, shift:])
+        running = _on_the_host(functools.partial(decode, state, *args), running, strings=strings, streamer=streamer,
+                               static=static, shift=shift, end=int(end))
+    return _finish(cfg, static, dict(ids=running.ids, length=running.cur, scores=running.scores,
+                                     logits=running.logits), shift=shift, prompt=P)
+
+
+class _Running(NamedTuple):
+    """The greedy / sampling loop's variables (a pytree): the next slot, the ids buffer (B, C), the rows not finished
+    (B,), the next-token logits (B, V), the per-step records (B, steps, V) or empty, the decoder's state."""
+
+    cur: jax.Array
+    ids: jax.Array
+    unfinished: jax.Array
+    next_logits: jax.Array
+    scores: jax.Array
+    logits: jax.Array
+    state: tuple
+
+
+def _sample(decoder: Decoder, running: _Running, *, static: _Static, start, end, until, processors, stop: Stop,
+            key) -> _Running:
+    """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step, in a lax.while_loop
+    from ``running`` until slot ``until`` (or ``end``, or every row finished)."""
+    prompt = decoder.prompt_positions.shape[1]
+
+    def body(r: _Running) -> _Running:
+        decoder._load(r.state)
+        seen = jnp.roll(r.ids, -start, axis=1)  # the ids from the prompt's first slot on: what torch's processors read
+        next_scores = run_processors(processors, seen, r.cur - start, r.next_logits)
+        scores_rec = record_step(r.scores, r.cur - prompt, next_scores) if static.record_scores else r.scores
+        logits_rec = record_step(r.logits, r.cur - prompt, r.next_logits) if static.record_logits else r.logits
+        if static.do_sample:  # the step's key: fold_in(key, tokens generated so far)
+            next_tokens = sample(key, r.cur - prompt, next_scores)
+        else:
+            next_tokens = jnp.argmax(next_scores, axis=-1).astype(jnp.int32)
+        if static.eos:  # finished rows get padding
+            next_tokens = jnp.where(r.unfinished, next_tokens, jnp.int32(static.pad))
+        ids = jax.lax.dynamic_update_slice_in_dim(r.ids, next_tokens[:, None], r.cur, axis=1)
+        cur = r.cur + 1
+        unfinished = r.unfinished & ~stop(ids, cur)
+        more = (cur < end) & jnp.any(unfinished)
+        kept = decoder._state()
+
+        def step(_):
+            return decoder(next_tokens[:, None]), decoder._state()
+
+        def skip(_):
+            return r.next_logits, kept
+
+        logits, state = jax.lax.cond(more, step, skip, None)
+        decoder.last_output = None  # the branch's values stay in the branch
+        return _Running(cur, ids, unfinished, logits, scores_rec, logits_rec, state)
+
+    def more(r: _Running):
+        return (r.cur < jnp.minimum(end, until)) & jnp.any(r.unfinished)
+
+    return jax.lax.while_loop(more, body, running)
+
+
+def _on_the_host(function, running: _Running, *, strings: StopStrings | None, streamer, static: _Static, shift: int,
+                 end: int) -> _Running:
+    """Greedy decoding / sampling with stop strings or a streamer: the compiled loop runs ``HOST_CHUNK`` steps at a
+    time (its state carried from call to call), and the host goes through them step by step in between, as torch's
+    loop does after each token: the streamer gets the step's tokens, then the strings are checked. A row that
+    stopped inside a chunk had tokens decoded after its stop; they become padding (torch pads finished rows when
+    there is an eos, and otherwise keeps decoding them exactly as the device did), and the next chunk starts with
+    the row finished. The output ends at the first step where every row had finished, so the tokens (and what the
+    streamer got) are torch's. With per-step records and stop strings a chunk is one step: a finished row's later
+    scores are then those of its padding, as torch's."""
+    chunk = 1 if strings is not None and (static.record_scores or static.record_logits) else HOST_CHUNK
+    cur, alive = int(running.cur), np.array(running.unfinished)
+    eos = list(static.eos)
+    while True:
+        running = function(jnp.asarray(min(cur + chunk, end), jnp.int32), running)
+        reached, ids = int(running.cur), np.array(running.ids)
+        for t in range(cur, reached):  # the token written at slot t
+            if eos:
+                ids[~alive, t] = static.pad  # rows that stopped earlier in this chunk: torch pads them
+            if streamer is not None:
+                streamer.put(ids[:, t].copy())
+            done = np.isin(ids[:, t], eos)
+            if strings is not None:
+                done |= np.array(strings([row[max(shift, t + 1 - strings.window): t + 1] for row in ids.tolist()]),
+                                 dtype=bool)
+            alive &= ~done
+            if not alive.any():
+                reached = t + 1
+                break
+        cur = reached
+        running = running._replace(ids=jnp.asarray(ids), unfinished=jnp.asarray(alive),
+                                   cur=jnp.asarray(cur, jnp.int32))
+        if cur >= end or not alive.any():
+            if streamer is not None:
+                streamer.end()
+            return running
+
+
+def _finish(cfg: GenerationConfig, static: _Static, result: dict, *, shift: int, prompt: int):
+    """On the host: the outputs of the compiled function cut to what torch's generate() returns."""
+    ids = np.asarray(result["ids"])
+    if static.num_beams > 1:
+        n_return = static.num_return_sequences
+        sequences = ids.reshape(-1, static.num_beams, ids.shape[-1])[:, :n_return].reshape(-1, ids.shape[-1])
+        beam_scores = jnp.reshape(result["beam_scores"][:, :n_return], (-1,))
+        beam_indices = np.asarray(result["beam_indices"])[:, :n_return].reshape(sequences.shape[0], -1)
+        generated = int((beam_indices + 1).astype(bool).sum(axis=1).max())
+        sequences, beam_indices = sequences[:, shift: prompt + generated], beam_indices[:, :generated]
+        steps = int(result["steps"])
+    else:
+        length = int(result["length"])
+        sequences, steps = ids[:, shift: length], length - prompt
+    sequences = jnp.asarray(sequences, jnp.int32)
+    if not cfg.return_dict_in_generate:
+        return sequences
+    scores = tuple(result["scores"][:, i] for i in range(steps)) if static.record_scores else None
+    logits = tuple(result["logits"][:, i] for i in range(steps)) if static.record_logits else None
+    if static.num_beams > 1:
+        return GenerateBeamDecoderOnlyOutput(
+            sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=scores,
+            logits=logits, beam_indices=jnp.asarray(beam_indices, jnp.int32))
+    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits)
