@@ -40,6 +40,13 @@ _LAZY = {
     "TFGPT2ForTokenClassification": "gpt2.tf",
     "TFGPT2ForQuestionAnswering": "gpt2.tf",
     "TFGPT2Tokenizer": "gpt2.tf",
+    # JAX / Flax classes (importing one of these imports jax and flax)
+    "FlaxGPT2Model": "gpt2.flax",
+    "FlaxGPT2LMHeadModel": "gpt2.flax",
+    "FlaxGPT2DoubleHeadsModel": "gpt2.flax",
+    "FlaxGPT2ForSequenceClassification": "gpt2.flax",
+    "FlaxGPT2ForTokenClassification": "gpt2.flax",
+    "FlaxGPT2ForQuestionAnswering": "gpt2.flax",
 }
 
 __all__ = sorted(_LAZY)
