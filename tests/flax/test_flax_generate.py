@@ -250,3 +250,16 @@ def test_bad_inputs_refused_by_name(pair):
         fm.generate(IDS, max_new_tokens=64)
     with pytest.raises(ValueError, match="outside jax.jit"):
         jax.jit(lambda ids: fm.generate(ids, max_new_tokens=2))(jnp.asarray(IDS))
+
+
+def test_params_argument_runs_other_weights_without_retracing(pair):
+    from flax import nnx
+
+    _, fm, _ = pair
+    params = nnx.state(fm, nnx.Param).to_pure_dict()
+    same = np_of(run(fm, IDS, attention_mask=MASK, max_new_tokens=12))
+    before = traces(fm)
+    assert np.array_equal(same, np_of(run(fm, IDS, attention_mask=MASK, max_new_tokens=12, params=params)))
+    other = jax.tree_util.tree_map(lambda a: a * -1.0, params)
+    assert not np.array_equal(same, np_of(run(fm, IDS, attention_mask=MASK, max_new_tokens=12, params=other)))
+    assert traces(fm) == before  # the weights are an argument of the compiled functions, not constants
