@@ -208,7 +208,7 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         table = old.embedding.get_value()
         fresh = std * jax.random.normal(key_table, (size - keep, width), jnp.float32)
         new = nnx.eval_shape(lambda: nnx.Embed(size, width, dtype=old.dtype, param_dtype=old.param_dtype,
-                                               embedding_init=old.embedding_init, rngs=nnx.Rngs(0)))
+                                               rngs=nnx.Rngs(0)))
         # replace() keeps the parameter's metadata (its partitioning annotation)
         new.embedding = old.embedding.replace(jnp.concatenate([table[:keep], fresh.astype(table.dtype)]))
         self.trunk.wte = new
