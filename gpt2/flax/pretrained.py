@@ -334,8 +334,10 @@ class FlaxGPT2PreTrainedModel(nnx.Module):
         """
         for name in ("torch_dtype", "device", "device_map"):
             if name in kwargs:
-                raise TypeError(f"{cls.__name__}.from_pretrained(): {name}= is torch's; "
-                                f"{'use dtype= / param_dtype=' if name == 'torch_dtype' else 'JAX places arrays on its default device (jax.device_put, jax.default_device or a Mesh for others)'}")
+                hint = "use dtype= / param_dtype=" if name == "torch_dtype" else (
+                    "JAX places arrays on its default device: move the model with jax.device_put, or load under "
+                    "jax.default_device(...) or a Mesh")
+                raise TypeError(f"{cls.__name__}.from_pretrained(): {name}= is torch's; {hint}")
         if not _do_init:
             raise TypeError(f"{cls.__name__}.from_pretrained(): _do_init=False is not supported (an NNX model always "
                             f"holds its weights; take them as model.params)")
