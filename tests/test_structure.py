@@ -33,7 +33,7 @@ FRAMEWORKS = {
 FRAMEWORK_ONLY = {
     "torch": {"attention.py", "compiled.py", "assisted.py"},
     "tf": {"tokenizer.py", "serving.py"},
-    "flax": set(),
+    "flax": {"sharding.py"},
 }
 MODEL_FILES = ("model.py", "heads.py", "attention.py", "cache.py", "compiled.py")
 # Framework imports inside a function in common/: where a user asks for that framework's tensors or file format.
@@ -46,7 +46,8 @@ FRAMEWORK_METHODS = {
     "torch": {"extra_repr"},
     "tf": {"build", "get_config", "compute_output_shape", "serving", "input_signature", "train_step", "test_step",
            "predict_step", "compute_loss", "from_config", "build_from_config"},
-    "flax": set(),
+    # transformers' FlaxPreTrainedModel conventions: the weights as a pytree, the static cache of its generate loop
+    "flax": {"params", "init_cache"},
 }
 SHAPE_COMMENT = re.compile(r"#\s*(\((?:[A-Za-z0-9_*+\-/ ]+,\s*)*[A-Za-z0-9_*+\-/ ]+\))")
 

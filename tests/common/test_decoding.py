@@ -57,8 +57,7 @@ def test_check_options_refuses_by_name(framework):
         check_options(merge(None, penalty_alpha=0.6), framework=framework)
     with pytest.raises(ValueError, match="cache_implementation='offloaded'"):
         check_options(merge(None, cache_implementation="offloaded"), framework=framework)
-    with pytest.raises(ValueError, match="streamer cannot be used with beam search" if framework in ("torch", "tf")
-                       else f"streamer is not supported in {framework}"):
+    with pytest.raises(ValueError, match="streamer cannot be used with beam search"):
         check_options(merge(None, num_beams=2), framework=framework, streamer=object())
     check_options(merge(None, do_sample=True, top_k=4), framework=framework, streamer=None, assistant_model=None)
 
