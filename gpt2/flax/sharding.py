@@ -77,7 +77,9 @@ def _checked(path: str, shape: tuple, spec: PartitionSpec, mesh: Mesh) -> Partit
 
 
 def _path(keys) -> str:
-    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keys)
+    """A parameter's attribute path (``transformer.h.0.mlp.c_fc.kernel``) from its pytree keys."""
+    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keys]
+    return ".".join(names[:-1] if names and names[-1] == "value" else names)  # the Variable's own "value" key
 
 
 def param_shardings(model: nnx.Module, mesh: Mesh) -> nnx.State:

@@ -34,23 +34,29 @@ SCRIPT = textwrap.dedent(r'''
     from gpt2.common.config import GPT2Config
     from gpt2.flax import sharding as S
     from gpt2.flax.cache import KVCache
-    from gpt2.flax.model import FlaxGPT2Model
+    from gpt2.flax import FlaxGPT2LMHeadModel
+    from gpt2.flax.generation import GenerationMixin
     from gpt2.flax.weights import load_canonical
 
     assert len(jax.devices()) == 4, jax.devices()
+    if not issubclass(FlaxGPT2LMHeadModel, GenerationMixin):  # while heads.py does not mix generate() in yet
+        FlaxGPT2LMHeadModel = type("FlaxGPT2LMHeadModel", (GenerationMixin, FlaxGPT2LMHeadModel), {})
     MESHES = json.loads(sys.argv[1])
     # n_head and n_embd divide by 4 (every mesh axis here); scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn
     # on, so the flags' code runs sharded too
-    BASE = dict(n_layer=2, n_embd=16, n_head=4, vocab_size=50, n_positions=16, scale_attn_by_inverse_layer_idx=True,
-                reorder_and_upcast_attn=True)
+    BASE = dict(n_layer=2, n_embd=16, n_head=4, vocab_size=50, n_positions=32, scale_attn_by_inverse_layer_idx=True,
+                reorder_and_upcast_attn=True, bos_token_id=0, eos_token_id=49, pad_token_id=49)
     torch.manual_seed(0)
-    oracle = transformers.GPT2Model(transformers.GPT2Config(**BASE, attn_implementation="eager")).eval()
-    state = {"transformer." + k: v.detach().numpy().copy() for k, v in oracle.state_dict().items()
-             if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    oracle = transformers.GPT2LMHeadModel(transformers.GPT2Config(**BASE, attn_implementation="eager")).eval()
+    state = {k: v.detach().numpy().copy() for k, v in oracle.state_dict().items()
+             if not k.endswith((".attn.bias", ".attn.masked_bias")) and k != "lm_head.weight"}  # tied
 
     def build(**overrides):
-        model = FlaxGPT2Model(GPT2Config(**{**BASE, **overrides}))
-        missing, unused = load_canonical(model, state)
+        model = FlaxGPT2LMHeadModel(GPT2Config(**{**BASE, **overrides}))
+        weights = dict(state)
+        if not model.config.tie_word_embeddings:
+            weights["lm_head.weight"] = state["transformer.wte.weight"][::-1].copy()
+        missing, unused = load_canonical(model, weights)
         assert not missing and not unused, (missing, unused)
         return model
 
@@ -76,24 +82,24 @@ SCRIPT = textwrap.dedent(r'''
         spec = list(sharding.spec) + [None] * (array.ndim - len(sharding.spec))
         return [a if a is not None and sharding.mesh.shape[a] > 1 else None for a in spec]
 
-    def run(model, shard=lambda *a: a, cache_place=lambda c: c):
+    def run(model, shard=lambda *a: a, cache_place=lambda c: c, every_decoder=True):
         """Every measure on ``model`` (placed or not): a dict of numpy arrays."""
         x_ids, x_mask, x_pos, x_nxt, x_mask2, x_pos2 = shard(ids, mask, pos, nxt, mask2, pos2)
         out = {}
         first = model(x_ids, attention_mask=x_mask, position_ids=x_pos, use_cache=True)
-        out["eager"] = first.last_hidden_state
+        out["eager"] = first.logits
         out["eager_step"] = model(x_nxt, attention_mask=x_mask2, position_ids=x_pos2,
-                                  past_key_values=first.past_key_values).last_hidden_state
+                                  past_key_values=first.past_key_values).logits
 
         @nnx.jit
         def forward(model, i, m, p):
-            return model(i, attention_mask=m, position_ids=p).last_hidden_state
+            return model(i, attention_mask=m, position_ids=p).logits
         out["jit"] = forward(model, x_ids, x_mask, x_pos)
 
         @nnx.jit
         def with_cache(model, i, m, p, cache):  # a static cache written at its length, inside jit
             o = model(i, attention_mask=m, position_ids=p, past_key_values=cache_place(cache))
-            return o.last_hidden_state, o.past_key_values
+            return o.logits, o.past_key_values
         static = cache_place(KVCache.for_model(model, B, T + 4))
         h1, static = with_cache(model, x_ids, x_mask, x_pos, static)
         h2, static = with_cache(model, x_nxt, x_mask2, x_pos2, static)
@@ -103,34 +109,56 @@ SCRIPT = textwrap.dedent(r'''
         @nnx.jit
         def grads(model, i, m, p):  # what an optax step differentiates
             def loss(model):
-                h = model(i, attention_mask=m, position_ids=p).last_hidden_state
-                return jnp.mean(h.astype(jnp.float32) ** 2)
+                return model(i, attention_mask=m, position_ids=p, labels=i).loss
             return nnx.grad(loss)(model)
         g = grads(model, x_ids, x_mask, x_pos)
         out["grads"] = np.concatenate([np.ravel(np.asarray(v)) for v in jax.tree.leaves(g)])
+        # generate(): its compiled prefill and loop take the (sharded) weights as arguments; the prompt from the host
+        out["greedy"] = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12)
+        if not every_decoder:  # sampling and beam search once (2x2): each is two more compilations
+            return out
+        out["sampled"] = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12,
+                                        do_sample=True, top_k=20, prng_key=jax.random.key(3))
+        out["beams"] = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
         return out
 
     reference = run(build())
     with torch.no_grad():
         theirs = oracle(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                        position_ids=torch.tensor(pos, dtype=torch.long)).last_hidden_state.numpy()
+                        position_ids=torch.tensor(pos, dtype=torch.long)).logits.numpy()
+        their_tokens = oracle.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                                       max_new_tokens=12, min_new_tokens=12, do_sample=False).numpy()
     keep = mask.astype(bool)  # padding positions' states are not compared with transformers (both are arbitrary)
-    report = {"one_device_vs_transformers": diff(np.asarray(reference["eager"])[keep], theirs[keep]), "meshes": {}}
+    report = {"one_device_vs_transformers": diff(np.asarray(reference["eager"])[keep], theirs[keep]),
+              "greedy_as_transformers": bool(np.array_equal(np.asarray(reference["greedy"]), their_tokens)),
+              "meshes": {}}
+    TOKENS = ("greedy", "sampled", "beams")
     for data, model_axis in MESHES:
         mesh = S.make_mesh(data=data, model=model_axis)
         model = S.shard_model(build(), mesh)
-        got = run(model, shard=lambda *a: S.shard_batch(mesh, *a), cache_place=lambda c: S.shard_cache(c, mesh))
-        r = {name: diff(got[name], reference[name]) for name in reference if name != "cache"}
+        got = run(model, shard=lambda *a: S.shard_batch(mesh, *a), cache_place=lambda c: S.shard_cache(c, mesh),
+                  every_decoder=(data, model_axis) == (2, 2))
+        r = {name: diff(got[name], reference[name]) for name in reference if name not in ("cache",) + TOKENS}
+        r.update({name: bool(np.array_equal(np.asarray(got[name]), np.asarray(reference[name])))
+                  for name in TOKENS if name in got})
         value = lambda p: p.get_value()
-        r["kernel"] = split(value(model.h[0].attn.c_attn.kernel))
-        r["c_proj"] = split(value(model.h[0].mlp.c_proj.kernel))
-        r["wte"] = split(value(model.wte.embedding))
-        r["ln"] = split(value(model.ln_f.scale))
-        r["devices"] = len(value(model.h[0].attn.c_attn.kernel).sharding.device_set)
+        r["kernel"] = split(value(model.transformer.h[0].attn.c_attn.kernel))
+        r["c_proj"] = split(value(model.transformer.h[0].mlp.c_proj.kernel))
+        r["wte"] = split(value(model.transformer.wte.embedding))
+        r["ln"] = split(value(model.transformer.ln_f.scale))
+        r["devices"] = len(value(model.transformer.h[0].attn.c_attn.kernel).sharding.device_set)
         r["output"] = split(got["eager"])
         r["cache"] = got["cache"]
         r["model_mesh"] = S.model_mesh(model) == mesh
         report["meshes"][f"{data}x{model_axis}"] = r
+    # an untied lm_head (split by its C rows like the embeddings), once
+    mesh = S.make_mesh(data=2, model=2)
+    untied = build(tie_word_embeddings=False)
+    want = untied(ids, attention_mask=mask, position_ids=pos).logits
+    S.shard_model(untied, mesh)
+    x = S.shard_batch(mesh, ids, mask, pos)
+    report["untied"] = {"logits": diff(untied(x[0], attention_mask=x[1], position_ids=x[2]).logits, want),
+                        "lm_head": split(untied.lm_head.kernel.get_value())}
 
     errors = {}
     def refused(name, fn):
@@ -140,9 +168,9 @@ SCRIPT = textwrap.dedent(r'''
             errors[name] = f"{type(e).__name__}: {e}"
         else:
             errors[name] = "no error"
-    odd = FlaxGPT2Model(GPT2Config(**{**BASE, "n_inner": 18}))
+    odd = FlaxGPT2LMHeadModel(GPT2Config(**{**BASE, "n_inner": 18}))
     refused("n_inner=18 on model=4", lambda: S.shard_model(odd, S.make_mesh(data=1, model=4)))
-    errors["odd model left on one device"] = len(odd.h[0].mlp.c_fc.kernel.get_value().sharding.device_set)
+    errors["odd model left on one device"] = len(odd.transformer.h[0].mlp.c_fc.kernel.get_value().devices())
     refused("6 devices", lambda: S.make_mesh(data=3, model=2))
     refused("batch 3 on data=2", lambda: S.shard_batch(S.make_mesh(data=2, model=2), ids[:3]))
     report["errors"] = errors
@@ -163,9 +191,15 @@ def sharded():
 
 def test_one_device_reference_matches_transformers(sharded):
     assert sharded["one_device_vs_transformers"] < 1e-4
+    assert sharded["greedy_as_transformers"]
+
+
+def test_untied_lm_head_sharded(sharded):
+    assert sharded["untied"]["logits"] < 1e-5 and sharded["untied"]["lm_head"] == ["model", None], sharded["untied"]
 
 
 MEASURES = ["eager", "eager_step", "jit", "jit_static_cache", "jit_static_step", "grads"]
+TOKENS = ["greedy", "sampled", "beams"]
 
 
 @pytest.mark.parametrize("data,model", MESHES)
@@ -173,6 +207,9 @@ def test_sharded_equals_one_device(sharded, data, model):
     r = sharded["meshes"][f"{data}x{model}"]
     for name in MEASURES:
         assert r[name] < 1e-5, f"mesh data={data} model={model}: {name} differs by {r[name]}"
+    assert r["greedy"], f"mesh data={data} model={model}: greedy generate() gives other tokens than one device"
+    for name in TOKENS if (data, model) == (2, 2) else ():
+        assert r[name], f"mesh data={data} model={model}: {name} generate() gives other tokens than one device"
 
 
 @pytest.mark.parametrize("data,model", MESHES)
@@ -189,8 +226,8 @@ def test_weights_inputs_and_cache_placed_by_annotation(sharded, data, model):
 
 def test_refusals(sharded):
     e = sharded["errors"]
-    assert e["n_inner=18 on model=4"].startswith("ValueError") and "mlp.c_fc" in e["n_inner=18 on model=4"] \
-        and "'model' of size 4" in e["n_inner=18 on model=4"], e
+    odd = e["n_inner=18 on model=4"]
+    assert odd.startswith("ValueError") and "'transformer.h.0.mlp.c_fc." in odd and "'model' of size 4" in odd, e
     assert e["odd model left on one device"] == 1  # every check runs before anything moves
     assert e["6 devices"].startswith("ValueError") and "4 available" in e["6 devices"], e
     assert e["batch 3 on data=2"].startswith("ValueError") and "(3, 8)" in e["batch 3 on data=2"], e
