@@ -3,8 +3,10 @@ ours as numpy.
 
 pytest imports every conftest.py under the one module name ``conftest`` (tests/ has no __init__.py), so once this
 file is loaded, ``from conftest import requires_flax`` anywhere reads THIS module: it re-exports every public name
-of tests/conftest.py first, so that those imports keep working in every folder. Import these helpers at a test
-module's top (collection time), never inside a test, where ``conftest`` may be another folder's by then.
+of tests/conftest.py first, so that those imports keep working in every folder. When several folders are collected
+``conftest`` may be another folder's: a test module loads this file by path for the Flax helpers below
+(tests/flax/test_flax_pretrained.py's ``_helpers``), and this file re-exports tests/tf/conftest.py's names for
+the TF modules that then read it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,23 @@ def _root_conftest():
     return sys.modules[name]
 
 
+def _tf_conftest():
+    """tests/tf/conftest.py (numpy only at module level), under the name tests/flax/test_flax_models.py loads it."""
+    name = "_gpt2_tests_tf_conftest"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "tf" / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 _root = _root_conftest()
 globals().update({k: v for k, v in vars(_root).items() if not k.startswith("_")})
+# When pytest is given several folders it loads their conftest.py files first, and the last one is ``conftest``
+# for every test module: tests/tf's modules may then read this file, so it offers their names too.
+globals().update({k: v for k, v in vars(_tf_conftest()).items() if not k.startswith("_") and k not in globals()})
 
 # Small enough for milliseconds, odd enough to catch transposes (n_embd != vocab != positions); num_labels=3 so the
 # classification heads differ in width from everything else.

@@ -6,25 +6,35 @@ bad files and arguments as clear errors."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import pickle
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import (
-    FLAX_CLASSES,
-    FLAX_IDS,
-    assert_close,
-    flax_config,
-    flax_outputs,
-    ids_for,
-    reference_torch_model,
-    requires_flax,
-    requires_torch,
-    torch_outputs,
-)
+from conftest import requires_flax, requires_torch  # every folder's conftest re-exports tests/conftest.py's names
+
+
+def _helpers():
+    """tests/flax/conftest.py's helpers, loaded by path: pytest imports every conftest.py under the one name
+    ``conftest``, so with several folders collected a plain import may find another folder's."""
+    name = "_gpt2_tests_flax_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_h = _helpers()
+FLAX_CLASSES, FLAX_IDS, assert_close, flax_config, flax_outputs, ids_for, reference_torch_model, torch_outputs = (
+    _h.FLAX_CLASSES, _h.FLAX_IDS, _h.assert_close, _h.flax_config, _h.flax_outputs, _h.ids_for,
+    _h.reference_torch_model, _h.torch_outputs)
 
 pytestmark = [requires_flax, requires_torch]
 
