@@ -47,11 +47,28 @@ def identity(x: jax.Array) -> jax.Array:
     return x
 
 
+# jax.nn's functions are jitted wrappers that pickle by a name that is not theirs: a model keeps these instead.
+def relu(x: jax.Array) -> jax.Array:
+    return jax.nn.relu(x)
+
+
+def silu(x: jax.Array) -> jax.Array:
+    return jax.nn.silu(x)
+
+
+def tanh(x: jax.Array) -> jax.Array:
+    return jnp.tanh(x)
+
+
+def sigmoid(x: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(x)
+
+
 # Module-level functions only (no lambdas): a model keeps its activation, and a model must pickle.
 ACTIVATION_FUNCTIONS = {
     "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "gelu_fast": gelu_tanh, "gelu": gelu_exact,
-    "quick_gelu": quick_gelu, "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu, "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid, "linear": identity,
+    "quick_gelu": quick_gelu, "relu": relu, "silu": silu, "swish": silu, "tanh": tanh, "sigmoid": sigmoid,
+    "linear": identity,
 }
 
 # Megatron-style tensor parallelism over the mesh axis "model": the projections into the heads and the MLP's hidden
