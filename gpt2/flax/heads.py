@@ -107,6 +107,11 @@ def _linear(n_in: int, n_out: int, config, *, kind: str, use_bias: bool = True, 
                       bias_init=annotated(nnx.initializers.zeros_init(), bias))
 
 
+def tanh(x: jax.Array) -> jax.Array:
+    """jnp.tanh under a name pickle finds (jnp.tanh itself is a jitted wrapper that does not pickle by reference)."""
+    return jnp.tanh(x)
+
+
 class _TiedLMHead(nnx.Module):
     """The tied language-model head: logits = x @ wte^T, with no weight of its own (GPT-2 ties them)."""
 
@@ -197,7 +202,7 @@ class SequenceSummary(nnx.Module):
         # assigned once: NNX refuses a module where a plain function (static) was set before
         self.summary = _linear(config.n_embd, out, config, kind="small", dtype=dtype, param_dtype=param_dtype,
                                rngs=rngs) if config.summary_use_proj else identity
-        self.activation = jnp.tanh if config.summary_activation == "tanh" else identity  # functions: it pickles
+        self.activation = tanh if config.summary_activation == "tanh" else identity  # functions: it pickles
         self.first_dropout = nnx.Dropout(config.summary_first_dropout)
         self.last_dropout = nnx.Dropout(getattr(config, "summary_last_dropout", 0.0) or 0.0)
 
@@ -252,7 +257,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
                      inputs_embeds=inputs_embeds, use_cache=use_cache)
         x = out.last_hidden_state  # (B, num_choices, T, C)
         logits = lm_logits(self, x)
-        mc_logits = self.multiple_choice_head(x, mc_token_ids, rng=rng)[..., 0]  # (B, num_choices)
+        mc_logits = _squeeze_last(self.multiple_choice_head(x, mc_token_ids, rng=rng))  # (B, num_choices)
         mc_loss = loss = None
         if mc_labels is not None:
             mc_labels = check_labels(mc_labels, mc_logits.shape[-1], "mc_labels", "the choices")
@@ -388,6 +393,11 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
                     + cross_entropy(end_logits, end, ignore_index=ignored)) / 2
         result = QuestionAnsweringModelOutput(loss, start_logits, end_logits, out.hidden_states, out.attentions)
         return result if _return_dict(self, return_dict) else result.to_tuple()
+
+
+def _squeeze_last(x: jax.Array) -> jax.Array:
+    """torch's squeeze(-1): drops the last axis only when it has size 1 (summary_use_proj=False keeps C)."""
+    return x[..., 0] if x.shape[-1] == 1 else x
 
 
 def _positions(positions, name: str) -> jax.Array:

@@ -125,6 +125,28 @@ def test_problem_types_and_the_callers_config():
     assert double.multiple_choice_head.summary.kernel.shape == (16, 1)
 
 
+def test_double_heads_summary_options_like_transformers_and_pickle():
+    """SequenceSummary's other settings: tanh and no projection at cls_index equal transformers'; first / last /
+    mean pooling equal our torch model's (transformers indexes dim 1 there, the choices of 4-D inputs; ours the
+    tokens); a model with its functions pickles and gives the same answer after."""
+    import pickle
+
+    kwargs = inputs_for("GPT2DoubleHeadsModel", True)
+    for extra in [dict(summary_type="mean"), dict(summary_use_proj=False, summary_type="first"),
+                  dict(summary_type="last", summary_proj_to_labels=False), dict(summary_use_proj=False),
+                  dict(summary_activation="tanh")]:
+        models = triple("GPT2DoubleHeadsModel", **extra)
+        theirs, ours_torch, ours = run_all(models, kwargs)
+        reference = ours_torch if "summary_type" in extra else theirs
+        assert assert_outputs_close(reference, ours, ("mc_logits", "logits")) == 2, extra
+        assert ours.mc_logits.shape == tuple(ours_torch.mc_logits.shape), extra
+    again = pickle.loads(pickle.dumps(models[2]))
+    np.testing.assert_array_equal(np.asarray(again(**{k: jnp.asarray(v) for k, v in kwargs.items()}).mc_logits),
+                                  np.asarray(ours.mc_logits))
+    tanh = pickle.loads(pickle.dumps(flax_model("GPT2DoubleHeadsModel", summary_activation="tanh")))
+    assert tanh.multiple_choice_head.activation.__name__ == "tanh"
+
+
 def test_sequence_classification_pooling_without_pad_or_ids():
     """No pad_token_id: one sequence pools its last token (transformers' rule); inputs_embeds pools the last too."""
     theirs, ours_torch, ours = triple("GPT2ForSequenceClassification", pad_token_id=None)
