@@ -89,8 +89,7 @@ def test_gradients_equal_torch_autograd(cls_name):
     loss, grads = jax.value_and_grad(loss_fn)(params)
     np.testing.assert_allclose(float(loss), total.item(), atol=1e-5)
     got = canonical_grads(ours, grads)
-    prefix = "" if cls_name != "GPT2Model" else "transformer."
-    assert sorted(got) == sorted(prefix + n for n in expected if n in got) and len(got) >= 26
+    assert set(got) <= set(expected) and len(got) >= 26  # every weight (a tied lm_head is wte's entry)
     for name, grad in got.items():  # a tied head's gradient is wte's (both uses summed), as in torch
         np.testing.assert_allclose(grad, expected[name], atol=1e-4, rtol=0, err_msg=name)
 
