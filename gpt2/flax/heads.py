@@ -135,12 +135,6 @@ def lm_logits(model, x: jax.Array) -> jax.Array:
     return model.lm_head(x)
 
 
-def _share_config(model) -> None:
-    """One config object for the head model and its trunk (torch's post_init): a change such as the problem_type a
-    loss records shows in both."""
-    model.transformer.config = model.config
-
-
 def _rebound(model, params, arguments: dict):
     """The same call on ``model`` with ``params`` as its weights (transformers' Flax ``params=``)."""
     return model._with_params(params)(**{k: v for k, v in arguments.items() if k not in ("self", "params")})
@@ -167,7 +161,7 @@ class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
         kw = _layers(self, rngs, seed)
         self.transformer = FlaxGPT2Model(self.config, **kw)
         self.lm_head = _lm_head(self.config, **kw)
-        _share_config(self)
+        self.post_init()  # one config object for the model and its trunk, as torch's
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, past_key_values=None,
                  dropout_rng=None, train: bool = False, output_attentions=None, output_hidden_states=None,
@@ -240,7 +234,7 @@ class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
         self.transformer = FlaxGPT2Model(config, **kw)
         self.lm_head = _lm_head(self.config, **kw)
         self.multiple_choice_head = SequenceSummary(self.config, **kw)
-        _share_config(self)
+        self.post_init()  # one config object for the model and its trunk, as torch's
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, past_key_values=None,
                  dropout_rng=None, train: bool = False, output_attentions=None, output_hidden_states=None,
@@ -279,7 +273,7 @@ class FlaxGPT2ForSequenceClassification(FlaxGPT2PreTrainedModel):
         self.transformer = FlaxGPT2Model(self.config, **kw)
         self.score = _linear(self.config.n_embd, self.config.num_labels, self.config, kind="small", use_bias=False,
                              **kw)
-        _share_config(self)
+        self.post_init()  # one config object for the model and its trunk, as torch's
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, past_key_values=None,
                  dropout_rng=None, train: bool = False, output_attentions=None, output_hidden_states=None,
@@ -342,7 +336,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         p = p if p is not None else getattr(config, "hidden_dropout", None)
         self.dropout = nnx.Dropout(p if p is not None else 0.1)  # transformers' default for GPT-2
         self.classifier = _linear(config.n_embd, config.num_labels, config, kind="small", **kw)
-        _share_config(self)
+        self.post_init()  # one config object for the model and its trunk, as torch's
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, past_key_values=None,
                  dropout_rng=None, train: bool = False, output_attentions=None, output_hidden_states=None,
@@ -372,7 +366,7 @@ class FlaxGPT2ForQuestionAnswering(FlaxGPT2PreTrainedModel):
         kw = _layers(self, rngs, seed)
         self.transformer = FlaxGPT2Model(self.config, **kw)
         self.qa_outputs = _linear(self.config.n_embd, 2, self.config, kind="small", **kw)
-        _share_config(self)
+        self.post_init()  # one config object for the model and its trunk, as torch's
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, *, dropout_rng=None,
                  train: bool = False, output_attentions=None, output_hidden_states=None, return_dict=None,
