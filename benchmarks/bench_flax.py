@@ -131,7 +131,7 @@ def main() -> int:
         return out
 
     def decode_ours(ids):
-        out = np.asarray(ours.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **eos))
+        out = np.asarray(ours.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **eos).sequences)
         assert out.shape[1] == ids.shape[1] + new
         return out
 

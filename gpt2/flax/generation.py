@@ -191,9 +191,10 @@ class GenerationMixin(_GenerationConfigHolder):
                  streamer=None, prng_key=None, seed=None, tokenizer=None, logits_processor=None,
                  stopping_criteria=None, prefix_allowed_tokens_fn=None, inputs_embeds=None, token_type_ids=None,
                  assistant_model=None, params=None, **kwargs):
-        """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns the ids (B*n, T')
-        as an int32 array or, with ``return_dict_in_generate=True``, a GenerateDecoderOnlyOutput /
-        GenerateBeamDecoderOnlyOutput (scores and logits: one (B*n, V) array per step).
+        """Continue ``input_ids`` (B, T) (left-padded batches: give ``attention_mask``); returns, as transformers'
+        Flax generate does, an output object whose ``sequences`` are the ids (B*n, T') as an int32 array: a
+        GenerateDecoderOnlyOutput / GenerateBeamDecoderOnlyOutput, which with ``return_dict_in_generate=True``
+        holds the scores and logits asked for (one (B*n, V) array per step).
 
         Options: ``self.generation_config``, overridden by the non-default values of ``generation_config``, then by
         ``kwargs`` (GenerationConfig fields: max_new_tokens, do_sample, temperature, top_k, top_p, min_p,
@@ -593,8 +594,10 @@ def _finish(cfg: GenerationConfig, static: _Static, result: dict, *, shift: int,
         length = int(result["length"])
         sequences, steps = ids[:, shift: length], length - prompt
     sequences = jnp.asarray(sequences, jnp.int32)
-    if not cfg.return_dict_in_generate:
-        return sequences
+    if not cfg.return_dict_in_generate:  # transformers' Flax convention: an output object even then (.sequences)
+        if static.num_beams > 1:
+            return GenerateBeamDecoderOnlyOutput(sequences=sequences)
+        return GenerateDecoderOnlyOutput(sequences=sequences)
     scores = tuple(result["scores"][:, i] for i in range(steps)) if static.record_scores else None
     logits = tuple(result["logits"][:, i] for i in range(steps)) if static.record_logits else None
     if static.num_beams > 1:

@@ -29,7 +29,8 @@ from ..common.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from .model import FlaxGPT2Model, DropoutKeys, _dropout, _refuse_outside, annotated, as_array, identity, is_concrete
+from .model import FlaxGPT2Model, _DropoutKeys, _dropout, _refuse_outside, annotated, as_array, identity, is_concrete
+from .generation import GenerationMixin
 from .pretrained import FlaxGPT2PreTrainedModel
 
 IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention)
@@ -87,7 +88,7 @@ def _check_index(index, size: int, name: str) -> None:
 
 
 def _head_keys(dropout_rng, train: bool, rate: float, name: str):
-    """(the trunk's dropout_rng, this head's DropoutKeys or None): two independent streams split from one key, so
+    """(the trunk's dropout_rng, this head's _DropoutKeys or None): two independent streams split from one key, so
     that the head's masks never repeat the trunk's."""
     if not train or not rate:
         return dropout_rng, None
@@ -95,7 +96,7 @@ def _head_keys(dropout_rng, train: bool, rate: float, name: str):
         raise ValueError(f"train=True runs the {name} dropout (rate {rate}), which needs "
                          f"dropout_rng=jax.random.key(...)")
     trunk, head = jax.random.split(dropout_rng)
-    return trunk, DropoutKeys(head)
+    return trunk, _DropoutKeys(head)
 
 
 def _linear(n_in: int, n_out: int, config, *, kind: str, use_bias: bool = True, dtype, param_dtype,
@@ -152,7 +153,7 @@ def _layers(model, rngs: nnx.Rngs | None, seed: int) -> dict:
                 rngs=rngs if rngs is not None else nnx.Rngs(params=seed))
 
 
-class FlaxGPT2LMHeadModel(FlaxGPT2PreTrainedModel):
+class FlaxGPT2LMHeadModel(GenerationMixin, FlaxGPT2PreTrainedModel):
     """GPT-2 with the language-model head (tied to wte unless config.tie_word_embeddings is False)."""
 
     def __init__(self, config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None,
@@ -200,7 +201,7 @@ class SequenceSummary(nnx.Module):
         self.first_dropout = nnx.Dropout(config.summary_first_dropout)
         self.last_dropout = nnx.Dropout(getattr(config, "summary_last_dropout", 0.0) or 0.0)
 
-    def __call__(self, hidden_states: jax.Array, cls_index=None, *, rng: DropoutKeys | None = None) -> jax.Array:
+    def __call__(self, hidden_states: jax.Array, cls_index=None, *, rng: _DropoutKeys | None = None) -> jax.Array:
         # hidden_states (..., T, C) -> (..., C)
         if self.summary_type == "last":
             x = hidden_states[..., -1, :]
@@ -222,7 +223,7 @@ class SequenceSummary(nnx.Module):
         return _dropout(self.last_dropout, self.activation(self.summary(x)), rng)
 
 
-class FlaxGPT2DoubleHeadsModel(FlaxGPT2PreTrainedModel):
+class FlaxGPT2DoubleHeadsModel(GenerationMixin, FlaxGPT2PreTrainedModel):
     """GPT-2 with the LM head and a multiple-choice head over (B, num_choices, T) inputs."""
 
     def __init__(self, config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None,

@@ -136,7 +136,7 @@ def eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: nn
     return jnp.matmul(probs, v), probs
 
 
-class DropoutKeys:
+class _DropoutKeys:
     """A fresh key at each call (``fold_in`` of a counter): one per dropout site, the same sites in the same order
     in every trace, so a ``dropout_rng`` reproduces its masks."""
 
@@ -148,16 +148,15 @@ class DropoutKeys:
         return jax.random.fold_in(self.key, self.count)
 
 
-def dropout_keys(dropout_rng, train: bool, config) -> DropoutKeys | None:
+def dropout_keys(dropout_rng, train: bool, config) -> _DropoutKeys | None:
     """The keys of a forward: None for inference (``train=False``: dropout off, transformers' Flax convention) or
     when every dropout rate is 0; with ``train=True`` a ``dropout_rng`` (a jax.random key) is required."""
-    if not train or not any((config.embd_pdrop, config.attn_pdrop, config.resid_pdrop, config.summary_first_dropout,
-                             config.summary_last_dropout)):
+    if not train or not any((config.embd_pdrop, config.attn_pdrop, config.resid_pdrop)):  # the trunk's rates
         return None
     if dropout_rng is None:
         raise ValueError("train=True runs dropout, which needs dropout_rng=jax.random.key(...) (or set the config's "
                          "dropout rates to 0)")
-    return DropoutKeys(dropout_rng)
+    return _DropoutKeys(dropout_rng)
 
 
 def _dropout(layer: nnx.Dropout, x: jax.Array, rng) -> jax.Array:
@@ -194,7 +193,7 @@ class Attention(nnx.Module):
         return jnp.swapaxes(x.reshape(B, T, self.n_head, self.head_dim), 1, 2)  # (B, nh, T, hs)
 
     def __call__(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_mask=None,
-                 encoder_hidden_states=None, output_attentions=False, rng: DropoutKeys | None = None):
+                 encoder_hidden_states=None, output_attentions=False, rng: _DropoutKeys | None = None):
         """(output (B, T, C), probabilities or None). The cache decides where this step's keys and values go
         (cache.py): appended after what it holds, or written at the fixed step's position."""
         B, T, C = x.shape
@@ -228,7 +227,7 @@ class MLP(nnx.Module):
         self.act = activation(config.activation_function)
         self.dropout = nnx.Dropout(config.resid_pdrop)
 
-    def __call__(self, x: jax.Array, *, rng: DropoutKeys | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, rng: _DropoutKeys | None = None) -> jax.Array:
         return _dropout(self.dropout, self.c_proj(self.act(self.c_fc(x))), rng)
 
 
@@ -253,7 +252,7 @@ class Block(nnx.Module):
         self.mlp = MLP(config, **kw)
 
     def __call__(self, x, *, mask=None, is_causal=False, cache=None, head_mask=None, encoder_hidden_states=None,
-                 encoder_mask=None, output_attentions=False, rng: DropoutKeys | None = None):
+                 encoder_mask=None, output_attentions=False, rng: _DropoutKeys | None = None):
         """(x (B, T, C), self-attention probabilities, cross-attention probabilities); probabilities are None unless
         asked for. Cross-attention runs when ``encoder_hidden_states`` is given (FlaxGPT2Model checks that the
         block has it)."""
@@ -364,7 +363,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         return out if return_dict else out.to_tuple()
 
     def embed(self, input_ids=None, *, position_ids, token_type_ids=None, inputs_embeds=None,
-              rng: DropoutKeys | None = None) -> jax.Array:
+              rng: _DropoutKeys | None = None) -> jax.Array:
         """Token + position (+ token type) embeddings, after dropout: (B, T, C). Unchecked: __call__ checks."""
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)  # (B, T, C)
         T = x.shape[1]
@@ -375,7 +374,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
 
     def core(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_masks=None,
              encoder_hidden_states=None, encoder_mask=None, output_attentions=False, output_hidden_states=False,
-             rng: DropoutKeys | None = None):
+             rng: _DropoutKeys | None = None):
         """The blocks and ``ln_f`` over embedded ``x`` (B, T, C); returns (x, hidden states, attentions,
         cross-attentions), the last three tuples or None.
 
@@ -395,7 +394,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
                           encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
                           output_attentions=output_attentions, rng=rng)
             if checkpointed:  # activations recomputed in the backward pass (no cache: __call__ turned it off)
-                x = nnx.remat(partial(_block_output, kwargs=kwargs))(block, x)
+                x = nnx.remat(partial(_block_output, kwargs))(block, x)
                 self_probs = cross_probs = None
             else:
                 x, self_probs, cross_probs = block(x, **kwargs)
@@ -511,7 +510,7 @@ def _flat(t):
     return t.reshape(-1, t.shape[-1]) if t is not None and t.ndim > 2 else t
 
 
-def _block_output(block, x, *, kwargs):
+def _block_output(kwargs, block, x):
     """``block`` as a function of (block, x) alone: nnx.remat differentiates with respect to its arguments."""
     return block(x, **kwargs)[0]
 

@@ -29,31 +29,18 @@ IDS = np.array([[PAD, PAD, 5, 6, 7, 8], [10, 11, 12, 13, 14, 15], [PAD, 40, 41, 
 MASK = (IDS != PAD).astype(np.int64)
 
 
-def _lm_class():
-    """The Flax LM head model, with generate() mixed in here while heads.py does not mix it in yet (the same class
-    order as torch's: GenerationMixin first)."""
-    from gpt2.flax.generation import GenerationMixin
-    from gpt2.flax.heads import FlaxGPT2LMHeadModel
-
-    if issubclass(FlaxGPT2LMHeadModel, GenerationMixin):
-        return FlaxGPT2LMHeadModel
-
-    class LMHeadWithGenerate(GenerationMixin, FlaxGPT2LMHeadModel):
-        pass
-    return LMHeadWithGenerate
-
-
 @pytest.fixture(scope="module")
 def pair():
     """(torch model, flax model with the same weights, eos): eos = two tokens greedy decoding makes early in rows
     0 and 1."""
     import gpt2.torch as ours_torch
     from gpt2.common.config import GPT2Config
+    from gpt2.flax.heads import FlaxGPT2LMHeadModel
     from gpt2.flax.weights import load_canonical
 
     torch.manual_seed(0)
     tm = ours_torch.GPT2LMHeadModel(GPT2Config(**CONFIG)).eval()
-    fm = _lm_class()(GPT2Config(**CONFIG))
+    fm = FlaxGPT2LMHeadModel(GPT2Config(**CONFIG))
     missing, unused = load_canonical(fm, tm.state_to_canonical())
     assert not missing and not unused
     free = run(tm, IDS, attention_mask=MASK, max_new_tokens=12)
@@ -68,7 +55,9 @@ def run(model, *args, **kwargs):
             args = [torch.tensor(a) for a in args]
             if "attention_mask" in kwargs:
                 kwargs["attention_mask"] = torch.tensor(kwargs["attention_mask"])
-        return model.generate(*args, **kwargs)
+            return model.generate(*args, **kwargs)
+        out = model.generate(*args, **kwargs)  # Flax: an output object always (transformers' Flax convention)
+        return out if kwargs.get("return_dict_in_generate") else out.sequences
 
 
 def np_of(x) -> np.ndarray:

@@ -362,7 +362,7 @@ def test_nnx_jit_of_every_head():
 def test_dropout_in_training_only():
     """train=False (the default) is deterministic; train=True with a dropout_rng draws masks reproducibly from the
     key, in the trunk and in the heads' own dropout; train=True without a key is refused."""
-    rates = dict(resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3, summary_last_dropout=0.0)
+    rates = dict(resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3)
     ids = jnp.asarray(IDS)
     for cls_name, extra in [("GPT2LMHeadModel", {}), ("GPT2ForTokenClassification", {}),
                             ("GPT2DoubleHeadsModel", {})]:

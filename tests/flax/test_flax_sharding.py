@@ -35,12 +35,9 @@ SCRIPT = textwrap.dedent(r'''
     from gpt2.flax import sharding as S
     from gpt2.flax.cache import KVCache
     from gpt2.flax import FlaxGPT2LMHeadModel
-    from gpt2.flax.generation import GenerationMixin
     from gpt2.flax.weights import load_canonical
 
     assert len(jax.devices()) == 4, jax.devices()
-    if not issubclass(FlaxGPT2LMHeadModel, GenerationMixin):  # while heads.py does not mix generate() in yet
-        FlaxGPT2LMHeadModel = type("FlaxGPT2LMHeadModel", (GenerationMixin, FlaxGPT2LMHeadModel), {})
     MESHES = json.loads(sys.argv[1])
     # n_head and n_embd divide by 4 (every mesh axis here); scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn
     # on, so the flags' code runs sharded too
@@ -109,12 +106,12 @@ SCRIPT = textwrap.dedent(r'''
         g = grads(model, x_ids, x_mask, x_pos)
         out["grads"] = np.concatenate([np.ravel(np.asarray(v)) for v in jax.tree.leaves(g)])
         # generate(): its compiled prefill and loop take the (sharded) weights as arguments; the prompt from the host
-        out["greedy"] = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12)
+        out["greedy"] = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12).sequences
         if not every_decoder:  # sampling and beam search once (2x2): each is two more compilations
             return out
         out["sampled"] = model.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12,
-                                        do_sample=True, top_k=20, prng_key=jax.random.key(3))
-        out["beams"] = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=2)
+                                        do_sample=True, top_k=20, prng_key=jax.random.key(3)).sequences
+        out["beams"] = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=2).sequences
         return out
 
     reference = run(build())

@@ -126,13 +126,9 @@ def test_an_optax_step_under_jit_lowers_the_loss_and_compiles_once():
     assert float(trained(ids, attention_mask=mask, labels=labels).loss) < losses[-1] + 1e-3
 
 
-@pytest.mark.xfail(raises=TypeError, strict=True, reason=(
-    "gpt2/flax/model.py core(): nnx.remat(partial(_block_output, kwargs=kwargs)) fails in NNX's resolve_kwargs (the "
-    "partial's keyword shows in the signature functools.wraps exposes); a positional partial works. Strict: this "
-    "fails as soon as model.py is fixed, so that the marker goes"))
 def test_gradient_checkpointing_gives_the_same_gradients():
     """nnx.remat per block (training with dropout: the masks come from the same keys in both runs)."""
-    rates = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, summary_last_dropout=0.0)
+    rates = dict(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
     theirs = _h.transformers_model("GPT2LMHeadModel", **rates)
     ours = flax_model("GPT2LMHeadModel", _h.canonical_from_transformers(theirs), **rates)
     ids = jnp.asarray(IDS)
