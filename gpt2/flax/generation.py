@@ -3,11 +3,11 @@
 
 >>> from gpt2.flax import FlaxGPT2LMHeadModel
 >>> model = FlaxGPT2LMHeadModel.from_pretrained("gpt2")
->>> ids = model.generate(prompt_ids, max_new_tokens=20)                                        # greedy
+>>> ids = model.generate(prompt_ids, max_new_tokens=20).sequences                              # greedy
 >>> ids = model.generate(prompt_ids, max_new_tokens=20, do_sample=True, top_p=0.9,
-...                      prng_key=jax.random.key(0))                                          # reproducible sampling
+...                      prng_key=jax.random.key(0)).sequences                                # reproducible sampling
 >>> out = model.generate(prompt_ids, num_beams=4, return_dict_in_generate=True, output_scores=True)
->>> ids = model.generate(prompt_ids, max_new_tokens=50, stop_strings=["\\n\\n"], tokenizer=tokenizer)
+>>> ids = model.generate(prompt_ids, max_new_tokens=50, stop_strings=["\\n\\n"], tokenizer=tokenizer).sequences
 
 The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
 with, how beams are scored and finalized -- are gpt2/torch/generation.py's, decided framework-free in
