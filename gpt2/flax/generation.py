@@ -31,10 +31,20 @@ with, how beams are scored and finalized -- are gpt2/torch/generation.py's, deci
 - sampling: Gumbel-max noise from ``jax.random.fold_in(prng_key, step)`` (logits_process.py ``sample``): a fixed
   key gives the same tokens whatever the chunking (not torch's tokens: its generator is another algorithm).
 
-What needs the host at every step (max_time, Python logits processors, stopping criteria, prefix_allowed_tokens_fn,
-assisted decoding) is refused by name with the reason (common/decoding.py UNSUPPORTED, flax column), as are
-stop_strings with beam search, per-step attentions / hidden states, and (not implemented here yet) a prompt given as
-inputs_embeds or with token_type_ids.
+- the compiled functions run the trunk's ``embed`` and ``core`` (model.py), never its checked ``__call__``: every
+  input was validated on the host before tracing, so the compiled code carries no ``jax.debug.callback`` (a
+  device-to-host transfer per call; under a mesh a rematerialization of the ids);
+- weights on a mesh (sharding.py ``shard_model``): the prompt's batch is placed over "data" (``shard_batch``, when
+  it divides) and the static cache laid out by ``shard_cache`` (batch over "data", heads over "model") in the
+  prefill and at every step, so the layouts are fixed rather than chosen by XLA's propagation.
+
+A prompt given as ``inputs_embeds`` goes to the prefill (the loop then decodes ids; processors, stop strings, the
+streamer and the output start at the first generated slot, and lengths count the prompt's positions: torch's and
+transformers' rules); ``token_type_ids`` go to the prefill, and the compiled step adds the last column's type
+embedding to each new token (a (B, 1) argument of the loop). What needs the host at every step (max_time, Python
+logits processors, stopping criteria, prefix_allowed_tokens_fn, assisted decoding) is refused by name with the reason
+(common/decoding.py UNSUPPORTED, flax column), as are stop_strings with beam search and per-step attentions / hidden
+states (not implemented here).
 """
 
 from __future__ import annotations
@@ -49,8 +59,9 @@ import numpy as np
 from flax import nnx
 
 from ..common import loading
-from ..common.decoding import (ProcessorSpec, StopStrings, check_attention_mask, check_options, check_prompt,
-                               check_token_range, merge_settings, plan, processor_specs)
+from ..common.decoding import (ProcessorSpec, StopStrings, check_attention_mask, check_inputs_embeds, check_options,
+                               check_prompt, check_token_range, check_token_type_ids, merge_settings, plan,
+                               processor_specs)
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .beam_search import beam_search
@@ -58,6 +69,7 @@ from .cache import KVCache
 from .logits_process import build_processors, record_step, run_processors, sample
 from .model import is_concrete, mask_value, scores_dtype
 from .pretrained import _Frozen
+from .sharding import DATA, model_mesh, shard_batch, shard_cache
 from .stopping import Stop
 
 # Processor options that depend on the prompt's length (min_length, forced eos, the decay start, begin-suppress):
@@ -90,15 +102,25 @@ class Decoder:
     variables), with no cache allocated."""
 
     def __init__(self, model, input_ids, *, attention_mask, max_length: int, token_type_ids=None,
-                 inputs_embeds=None, state: tuple | None = None) -> None:
+                 inputs_embeds=None, state: tuple | None = None, mesh=None) -> None:
         B, T = input_ids.shape
-        self.token_types = token_type_ids  # (B, T); new tokens take the last column's type, as in transformers
-        # With inputs_embeds, the T prompt positions hold no ids: processors and the output start at ``offset``
+        # (B, T), or (B, 1) in the loop (the prompt's last column): new tokens take the last column's type, as in
+        # transformers
+        self.token_types = token_type_ids
+        # With inputs_embeds (B, T, C), the prompt's forward embeds them, not ids; the T prompt positions hold no
+        # ids: processors, stop strings and the output see only the generated ids, from ``offset`` on
         self.embeds, self.offset = inputs_embeds, T if inputs_embeds is not None else 0
         self.model = model
+        # the model's weights on a mesh (sharding.py): the cache keeps shard_cache's layout (batch over "data", heads
+        # over "model") from the prefill through every step, rather than whatever XLA's propagation picks
+        self.mesh = mesh
         # JAX always runs the fixed-shape step (torch's "fixed" path): every buffer holds max_length slots
         self.fixed = max_length
-        self.cache = KVCache.for_model(model, B, max_length) if state is None else None
+        self.cache = None
+        if state is None:
+            self.cache = KVCache.for_model(model, B, max_length)
+            if mesh is not None:
+                self.cache = shard_cache(self.cache, mesh)
         self.kwargs = dict(output_attentions=False, output_hidden_states=False)
         mask = jnp.asarray(attention_mask, jnp.int32)
         self.mask = jnp.concatenate([mask, jnp.ones((B, max_length - T), jnp.int32)], axis=1)  # (B, max_length)
@@ -148,18 +170,24 @@ class Decoder:
 
     def _state(self) -> tuple:
         """What changes between steps, as loop variables: cache keys, values, slots held, next positions."""
-        return tuple(self.cache.keys), tuple(self.cache.values), self.held, self.next_position
+        keys, values = tuple(self.cache.keys), tuple(self.cache.values)
+        if self.mesh is not None:
+            keys, values = shard_cache((keys, values), self.mesh)
+        return keys, values, self.held, self.next_position
 
     def _load(self, state: tuple) -> None:
         keys, values, self.held, self.next_position = state
         self.cache = KVCache(list(keys), list(values), static=True)
 
 
-def prefill(model, ids, mask, capacity: int, embeds=None, types=None) -> tuple[jax.Array, tuple]:
+def prefill(model, ids, mask, capacity: int, embeds=None, types=None, mesh=None) -> tuple[jax.Array, tuple]:
     """The prompt's forward (ids (B, P), its bucket's padding masked): the next-token logits (B, V) in fp32 and the
-    decoder's state with the prompt's keys and values in the first P of ``capacity`` cache slots."""
+    decoder's state with the prompt's keys and values in the first P of ``capacity`` cache slots. ``embeds``
+    (B, P, C): the prompt given as embeddings (``ids`` then only gives its shape); ``types`` (B, P): its token
+    types; ``mesh``: the weights' mesh, for the cache's layout. It runs the trunk's ``embed`` and ``core``, not its
+    checked ``__call__``: generate() validated the inputs on the host, so the compiled code holds no host callback."""
     decoder = Decoder(model, ids, attention_mask=mask, max_length=capacity, token_type_ids=types,
-                      inputs_embeds=embeds)
+                      inputs_embeds=embeds, mesh=mesh)
     logits = decoder(ids)
     return logits, decoder._state()
 
@@ -208,9 +236,13 @@ class GenerationMixin(_GenerationConfigHolder):
         Compiled with jax.jit (see the module docstring). ``stop_strings`` (greedy and sampling; they need
         ``tokenizer``, as in transformers) and ``streamer`` (``put(ids)`` / ``end()``; not with beam search, as in
         transformers): the compiled loop runs a few steps at a time and the host checks the strings and feeds the
-        streamer in between; the tokens are torch's. Refused by name: max_time, logits_processor,
+        streamer in between; the tokens are torch's. ``inputs_embeds`` (B, T, C): the prompt as embeddings,
+        instead of input_ids; only the new ids come back, and max_length / min_length count the prompt's positions,
+        as in transformers. ``token_type_ids`` (B, T): the prompt's token types (ids of the token table, checked on
+        the host); every new token takes the last column's. Refused by name: max_time, logits_processor,
         stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they need the host at every step),
-        stop_strings with beam search, output_attentions / output_hidden_states, inputs_embeds, token_type_ids.
+        stop_strings with beam search, output_attentions / output_hidden_states. A model placed on a mesh
+        (gpt2.flax.sharding) generates sharded: the batch over "data", the cache as ``shard_cache`` lays it out.
         Call it outside jax.jit: it reads its inputs on the host and compiles its own loop.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
@@ -278,15 +310,26 @@ def _prng_key(prng_key, seed) -> jax.Array:
 
 def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, others: dict):
     """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
-    returns (ids, mask) as numpy int64 arrays (the mask None when not given)."""
+    returns (ids, mask, embeds, types) as numpy arrays: ids, mask and types int64 (mask, embeds and types None when
+    not given). With inputs_embeds alone, input_ids is a placeholder of its (B, T) that generate() never shows
+    (torch's rule); token types are range-checked here, before any gather (JAX's would clamp them silently)."""
     check_options(cfg, framework="flax", streamer=streamer,
                   output_attentions=cfg.return_dict_in_generate and cfg.output_attentions,
                   output_hidden_states=cfg.return_dict_in_generate and cfg.output_hidden_states, **others)
-    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+    inputs_embeds, token_type_ids = others["inputs_embeds"], others["token_type_ids"]
+    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                        ("inputs_embeds", inputs_embeds), ("token_type_ids", token_type_ids)):
         if value is not None and not is_concrete(value):
             raise ValueError(f"generate() reads {name} on the host and compiles its own loop: call it outside "
                              f"jax.jit / vmap / grad")
     V = model.config.vocab_size
+    embeds = None
+    if inputs_embeds is not None:
+        embeds = np.asarray(inputs_embeds)
+        check_inputs_embeds(shape=embeds.shape, dtype=str(embeds.dtype), n_embd=model.config.n_embd,
+                            with_input_ids=input_ids is not None,
+                            floating=bool(jnp.issubdtype(embeds.dtype, jnp.floating)))
+        input_ids = np.zeros(embeds.shape[:2], dtype=np.int64)
     if input_ids is None:
         if cfg.bos_token_id is None:
             raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
@@ -300,7 +343,17 @@ def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, s
         check_attention_mask(shape=mask.shape if mask.ndim else None, ids_shape=ids.shape,
                              binary=mask.shape == ids.shape and bool(np.isin(mask, (0, 1)).all()))
         mask = mask.astype(np.int64)
-    return ids.astype(np.int64), mask
+    types = None
+    if token_type_ids is not None:
+        types = np.asarray(token_type_ids)
+        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=ids.shape)
+        if types.dtype.kind not in "iu":
+            raise TypeError(f"token_type_ids must hold integer ids, got {types.dtype}")
+        if int(types.min()) < 0 or int(types.max()) >= V:  # GPT-2 embeds token types with the token table
+            raise ValueError(f"token_type_ids must be ids in 0..{V - 1} (GPT-2 embeds them with the token table), "
+                             f"got values {int(types.min())}..{int(types.max())}")
+        types = types.astype(np.int64)
+    return ids.astype(np.int64), mask, embeds, types
 
 
 def _bucket(n: int) -> int:
@@ -382,40 +435,43 @@ def _function(model, key: tuple, build):
     return registry[key]
 
 
-def _prefill_function(graphdef, capacity: int, registry: dict):
-    def run(state, ids, mask):
+def _prefill_function(graphdef, capacity: int, mesh, registry: dict):
+    def run(state, ids, mask, embeds, types):  # embeds, types: arrays or None (another trace)
         registry["traces"] += 1  # at trace time only
-        return prefill(nnx.merge(graphdef, state), ids, mask, capacity)
+        return prefill(nnx.merge(graphdef, state), ids, mask, capacity, embeds=embeds, types=types, mesh=mesh)
     return jax.jit(run)
 
 
-def _continue_function(graphdef, static: _Static, registry: dict):
-    def run(state, mask, start, end, numbers, floats, key, until, running):
+def _continue_function(graphdef, static: _Static, mesh, registry: dict):
+    def run(state, mask, start, end, numbers, floats, key, types, until, running):  # types: (B, 1) or None
         registry["traces"] += 1
         model = nnx.merge(graphdef, state)
         processors = _processors(static, numbers, floats, model.config.vocab_size)
         stop = Stop(eos=list(static.eos), max_length=end)
         decoder = Decoder(model, running.ids[:, :mask.shape[1]], attention_mask=mask, max_length=static.capacity,
-                          state=running.state)
+                          token_type_ids=types, state=running.state, mesh=mesh)
         return _sample(decoder, running, static=static, start=start, end=end, until=until, processors=processors,
                        stop=stop, key=key)
     return jax.jit(run, donate_argnames=("running",))
 
 
-def _beam_function(graphdef, static: _Static, registry: dict):
-    def run(state, ids, mask, start, end, numbers, floats, key, prompt):
+def _beam_function(graphdef, static: _Static, mesh, registry: dict):
+    def run(state, ids, mask, start, end, numbers, floats, key, types, prompt):  # types: (B * n, 1) or None
         registry["traces"] += 1
         model = nnx.merge(graphdef, state)
         processors = _processors(static, numbers, floats, model.config.vocab_size)
         stop = Stop(eos=list(static.eos), max_length=end)
         logits, decoder_state = prompt
-        decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, state=decoder_state)
+        decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, token_type_ids=types,
+                          state=decoder_state, mesh=mesh)
         B, P = ids.shape
         fill = (static.pad if static.pad else static.eos[0]) if static.eos else -1
         buffer = jnp.concatenate([ids, jnp.full((B, static.capacity - P), fill, jnp.int32)], axis=1)
         return beam_search(decoder, buffer, logits=logits, static=static, shift=start, max_length=end,
                            processors=processors, stop=stop, key=key)
-    return jax.jit(run, donate_argnames=("prompt",))
+    # nothing donated: the loop's outputs (finished beams, scores) alias no input buffer, so a donated prompt state
+    # could not be reused and JAX would warn on every call
+    return jax.jit(run)
 
 
 def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, key, tokenizer, params,
@@ -426,16 +482,16 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
             raise ValueError("generate(): stop_strings with beam search (num_beams > 1) is not supported in flax "
                              "(each step's candidate beams would need the host)")
         strings = StopStrings(cfg.stop_strings, tokenizer)
-    ids, mask = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
-                               others=others)
+    ids, mask, embeds, types = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask,
+                                              streamer=streamer, others=others)
     V = model.config.vocab_size
     B, T = ids.shape
     run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
-               has_attention_mask=mask is not None)
+               has_attention_mask=mask is not None, from_embeds=embeds is not None)
     pad = run.pad
     if run.may_infer_mask(has_attention_mask=mask is not None) and bool((ids == pad).any()):
         mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
-    if pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
+    if embeds is None and pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
         import warnings
 
         warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
@@ -443,13 +499,24 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     if mask is None:
         mask = np.ones_like(ids)
     if run.rows_per_prompt > 1:
-        ids, mask = np.repeat(ids, run.rows_per_prompt, axis=0), np.repeat(mask, run.rows_per_prompt, axis=0)
+        ids, mask, embeds, types = (np.repeat(x, run.rows_per_prompt, axis=0) if x is not None else None
+                                    for x in (ids, mask, embeds, types))
     spec_key, numbers, floats = _static_specs(processor_specs(cfg, run, vocab_size=V))
     # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
     P = _bucket(T)
     shift = P - T
     ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
     mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
+    if embeds is not None:  # the bucket's padding embeds zeros (mask 0: never seen)
+        embeds = np.concatenate([np.zeros((embeds.shape[0], shift, embeds.shape[2]), embeds.dtype), embeds], axis=1)
+        embeds = jnp.asarray(embeds, model.dtype)
+    last_types = None
+    if types is not None:
+        types = np.concatenate([np.zeros((types.shape[0], shift), np.int64), types], axis=1).astype(np.int32)
+        last_types = types[:, -1:]  # every new token takes the prompt's last type: the loop adds it in each step
+    # the first slot the caller, processors, stop strings and streamer see: the prompt's (shift), or with an
+    # inputs_embeds prompt the first generated one (its slots hold no ids)
+    start = shift + run.offset
     static = _Static(capacity=P + _bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
                      do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
                      num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
@@ -458,17 +525,26 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
                      record_logits=bool(cfg.return_dict_in_generate and cfg.output_logits))
     bound = model if params is None else model._with_params(params)
     graphdef, state = nnx.split(bound)
+    # Weights on a mesh (sharding.py): the prompt's batch split over "data" (when it divides) and the cache laid out
+    # by shard_cache inside the compiled functions, so that the layouts are fixed rather than chosen by XLA.
+    mesh = model_mesh(bound)
+    if mesh is not None and ids.shape[0] % mesh.shape.get(DATA, 1) == 0:
+        ids, mask, embeds, types, last_types = (shard_batch(mesh, x) if x is not None else None
+                                                for x in (ids, mask, embeds, types, last_types))
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    types = None if types is None else jnp.asarray(types)
+    last_types = None if last_types is None else jnp.asarray(last_types)
     end = jnp.asarray(shift + run.max_length, jnp.int32)
-    args = (mask, jnp.asarray(shift, jnp.int32), end, jnp.asarray(numbers or [0], jnp.int32),
-            jnp.asarray(floats or [0.0], jnp.float32), key)
-    first = _function(model, ("prefill", graphdef, static.capacity),
-                      functools.partial(_prefill_function, graphdef, static.capacity))
-    logits, decoder_state = first(state, ids, mask)
+    args = (mask, jnp.asarray(start, jnp.int32), end, jnp.asarray(numbers or [0], jnp.int32),
+            jnp.asarray(floats or [0.0], jnp.float32), key, last_types)
+    first = _function(model, ("prefill", graphdef, static.capacity, mesh),
+                      functools.partial(_prefill_function, graphdef, static.capacity, mesh))
+    logits, decoder_state = first(state, ids, mask, embeds, types)
     if static.num_beams > 1:
-        decode = _function(model, ("beam", graphdef, static), functools.partial(_beam_function, graphdef, static))
+        decode = _function(model, ("beam", graphdef, static, mesh),
+                           functools.partial(_beam_function, graphdef, static, mesh))
         result = decode(state, ids, *args, (logits, decoder_state))
-        return _finish(cfg, static, result, shift=shift, prompt=P)
+        return _finish(cfg, static, result, shift=start, prompt=P)
     rows, steps = ids.shape[0], static.capacity - P
     running = _Running(cur=jnp.asarray(P, jnp.int32),
                        ids=jnp.concatenate([ids, jnp.zeros((rows, steps), jnp.int32)], axis=1),
@@ -476,16 +552,17 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
                        scores=jnp.zeros((rows, steps, V) if static.record_scores else (0,), jnp.float32),
                        logits=jnp.zeros((rows, steps, V) if static.record_logits else (0,), jnp.float32),
                        state=decoder_state)
-    decode = _function(model, ("sample", graphdef, static), functools.partial(_continue_function, graphdef, static))
+    decode = _function(model, ("sample", graphdef, static, mesh),
+                       functools.partial(_continue_function, graphdef, static, mesh))
     if strings is None and streamer is None:
         running = decode(state, *args, end, running)
     else:
-        if streamer is not None:  # the prompt first, as torch's (and transformers') generate
-            streamer.put(np.asarray(ids)[:, shift:])
+        if streamer is not None:  # the prompt first, as torch's (and transformers') generate: none after embeddings
+            streamer.put(np.asarray(ids)[:, start:])
         running = _on_the_host(functools.partial(decode, state, *args), running, strings=strings, streamer=streamer,
-                               static=static, shift=shift, end=int(end))
+                               static=static, shift=start, end=int(end))
     return _finish(cfg, static, dict(ids=running.ids, length=running.cur, scores=running.scores,
-                                     logits=running.logits), shift=shift, prompt=P)
+                                     logits=running.logits), shift=start, prompt=P)
 
 
 class _Running(NamedTuple):

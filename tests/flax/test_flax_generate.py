@@ -225,8 +225,6 @@ def test_bad_inputs_refused_by_name(pair):
         fm.generate(IDS, logits_processor=[print])
     with pytest.raises(ValueError, match="output_attentions"):
         fm.generate(IDS, return_dict_in_generate=True, output_attentions=True)
-    with pytest.raises(ValueError, match="inputs_embeds is not supported in flax"):
-        fm.generate(inputs_embeds=np.zeros((1, 2, 32), np.float32))
     with pytest.raises(ValueError, match="stop_strings with beam search"):
         fm.generate(IDS, num_beams=2, stop_strings=["a"], tokenizer=Letters())
     with pytest.raises(ValueError, match="streamer cannot be used with beam search"):
