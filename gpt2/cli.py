@@ -1,4 +1,4 @@
-"""The ``gpt2`` command: ``gpt2 convert SRC DST --to FORMAT``, ``gpt2 demo``.
+"""The ``gpt2`` command: ``gpt2 convert SRC DST --to FORMAT``, ``gpt2 train ...``, ``gpt2 demo``.
 
 Exit code 0 on success; on failure one line ``gpt2: error: ...`` on stderr and a non-zero code. The exit code is
 the work's: the report on stdout is written best-effort, so ``gpt2 convert ... | head -0`` (a closed pipe) still
@@ -67,10 +67,78 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch/tf output, e.g. 2GB")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.add_argument("--local-files-only", action="store_true", help="never download")
+    _train_parser(sub)
     demo = sub.add_parser("demo", help="a short tour: generate text, convert a checkpoint through every format")
     demo.add_argument("--model", default=None, help="a model folder (any checkpoint format) to generate with")
     demo.add_argument("--prompt", default="The quick brown fox", help="the prompt to continue")
     return parser
+
+
+def _train_parser(sub) -> None:
+    from .common.training import FRAMEWORKS, PRECISIONS, TrainArgs
+
+    defaults = TrainArgs(framework="torch", data="", out="")
+    train = sub.add_parser(
+        "train",
+        help="train a new GPT-2 or continue one, in PyTorch, TensorFlow or JAX/Flax",
+        description="Tokenize PATH once (a .txt file, a folder of .txt files, or a token file made earlier), then "
+        "train with AdamW, warmup + cosine decay, clipping and accumulation; checkpoints in OUT/checkpoint-<step>, "
+        "the final model in OUT, metrics.jsonl and loss.png beside it. --resume continues from the newest checkpoint.",
+    )
+    add = train.add_argument
+    add("--framework", required=True, choices=FRAMEWORKS, help="the engine to train with")
+    add("--data", required=True, metavar="PATH", help="training text: a .txt file, a folder of .txt files, or a "
+        "token file made earlier")
+    add("--val-data", metavar="PATH", help="validation text (default: a held-out 5%% of the training blocks)")
+    model = train.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config", metavar="PRESET_OR_JSON", help="a new model: a preset name (gpt2, gpt2-medium, "
+                       "...) or a config JSON file")
+    model.add_argument("--model", metavar="DIR", help="continue training a saved model folder")
+    add("--out", required=True, metavar="DIR", help="the run folder (checkpoints, final model, metrics)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, metavar="N", help="optimizer updates to make")
+    length.add_argument("--epochs", type=float, metavar="N", help="passes over the training blocks (default 1)")
+    add("--batch-size", type=int, default=defaults.batch_size, metavar="B",
+        help="rows per micro-batch over all devices (default %(default)s)")
+    add("--block-size", type=int, metavar="T", help="tokens per row (default: the model's n_positions)")
+    add("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
+    add("--warmup", type=int, metavar="N", help="linear warmup updates (default: 5%% of the updates)")
+    add("--weight-decay", type=float, default=defaults.weight_decay, metavar="W",
+        help="AdamW weight decay on projection/head matrices (default %(default)s)")
+    add("--grad-accum", type=int, default=defaults.grad_accum, metavar="N",
+        help="micro-batches per update (default %(default)s)")
+    add("--clip", type=float, default=defaults.clip, help="gradient-norm bound, 0 for none (default %(default)s)")
+    add("--precision", choices=PRECISIONS, default=defaults.precision,
+        help="fp32, bf16 autocast, or fp16 autocast with loss scaling (GPU) (default %(default)s)")
+    add("--eval-every", type=int, default=defaults.eval_every, metavar="N",
+        help="evaluate every N updates, 0 for only at the end (default %(default)s)")
+    add("--eval-batches", type=int, default=defaults.eval_batches, metavar="N",
+        help="validation batches per evaluation (default %(default)s)")
+    add("--save-every", type=int, default=defaults.save_every, metavar="N",
+        help="checkpoint every N updates, 0 for only the final model (default %(default)s)")
+    add("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, metavar="N",
+        help="checkpoints to keep, 0 for all (default %(default)s)")
+    add("--log-every", type=int, default=defaults.log_every, metavar="N",
+        help="metrics line every N updates (default %(default)s)")
+    add("--seed", type=int, default=defaults.seed, metavar="S", help="data order, initialisation, dropout "
+        "(default %(default)s)")
+    add("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _train_args(args):
+    from .common.training import TrainArgs
+
+    names = [f.name for f in __import__("dataclasses").fields(TrainArgs)]
+    return TrainArgs(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+
+
+def _train(args) -> int:
+    from .common.training import train
+
+    result = train(_train_args(args).validate())
+    _report([f"trained model saved to {args.out}" if result is None else f"trained model saved to {result}"])
+    return 0
 
 
 def _convert(args) -> int:
@@ -129,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "convert":
             return _convert(args)
+        if args.command == "train":
+            return _train(args)
         from .demo import run_demo
 
         return run_demo(args.model, args.prompt)
