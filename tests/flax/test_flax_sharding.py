@@ -114,6 +114,24 @@ SCRIPT = textwrap.dedent(r'''
         out["beams"] = model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=2).sequences
         return out
 
+    # generate()'s compiled functions, watched: the cache layout their outputs carry (the prefill's state, the loop's)
+    from gpt2.flax import generation as G
+    layouts = {}
+    real_function = G._function
+
+    def watched(model, key, build_function):
+        function = real_function(model, key, build_function)
+
+        def call(*args):
+            out = function(*args)
+            if key[0] == "prefill":
+                layouts.setdefault("prefill", split(out[1][0][0]))
+            elif key[0] == "sample":
+                layouts.setdefault("loop", split(out.state[0][0]))
+            return out
+        return call
+
+    G._function = watched
     reference = run(build())
     with torch.no_grad():
         theirs = oracle(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
@@ -128,6 +146,7 @@ SCRIPT = textwrap.dedent(r'''
     for data, model_axis in MESHES:
         mesh = S.make_mesh(data=data, model=model_axis)
         model = S.shard_model(build(), mesh)
+        layouts.clear()
         got = run(model, shard=lambda *a: S.shard_batch(mesh, *a), cache_place=lambda c: S.shard_cache(c, mesh),
                   every_decoder=(data, model_axis) == (2, 2))
         r = {name: diff(got[name], reference[name]) for name in reference if name not in ("cache",) + TOKENS}
@@ -141,6 +160,7 @@ SCRIPT = textwrap.dedent(r'''
         r["devices"] = len(value(model.transformer.h[0].attn.c_attn.kernel).sharding.device_set)
         r["output"] = split(got["eager"])
         r["cache"] = got["cache"]
+        r["generate_cache"] = dict(layouts)
         r["model_mesh"] = S.model_mesh(model) == mesh
         report["meshes"][f"{data}x{model_axis}"] = r
     # an untied lm_head (split by its C rows like the embeddings), once
@@ -215,6 +235,8 @@ def test_weights_inputs_and_cache_placed_by_annotation(sharded, data, model):
     assert r["ln"] == [None], r  # LayerNorm replicated
     assert r["output"][0] == d, r  # the batch stays split over "data"
     assert r["cache"] == [d, m, None, None], r  # the static cache kept as shard_cache laid it out: batch x heads
+    # generate(): the prompt's batch over "data", the cache laid out by shard_cache in the prefill and the loop
+    assert r["generate_cache"] == {"prefill": [d, m, None, None], "loop": [d, m, None, None]}, r
 
 
 def test_refusals(sharded):
