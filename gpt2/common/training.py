@@ -415,8 +415,7 @@ class Metrics:
         self.tokens_per_step = tokens_per_step
         self._last_step, self._last_time = start, time.perf_counter()
         self._start_time = self._last_time
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if enabled and self.path.exists():  # created by the first record (other ranks may be checking --out now)
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start] if start else []
             files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True,
@@ -457,6 +456,7 @@ class Metrics:
         self.bar.close()
 
     def _append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
