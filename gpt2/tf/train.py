@@ -1,0 +1,278 @@
+"""``gpt2 train --framework tf``: Keras ``fit`` with the model's own loss, around common's ``Run``.
+
+The framework-free half (options, data order, schedule numbers, weight-decay rule, the run folder, metrics, the loss
+plot) is gpt2/common/training.py and gpt2/common/data.py; this file is the Keras half:
+
+- the model: ``TFGPT2LMHeadModel(config)`` for ``--config`` (each layer's Keras initializer: N(0, 0.02), residual
+  projections scaled by 1/sqrt(2 n_layer)), ``from_pretrained`` for ``--model`` and for ``--resume``;
+- ``compile(optimizer)`` without a loss (the batches carry ``labels``; the model shifts them inside its loss);
+- ``keras.optimizers.AdamW`` with ``exclude_from_weight_decay`` (by variable identity: every variable whose
+  canonical name common's ``decays()`` rejects), ``global_clipnorm``, Keras' own ``gradient_accumulation_steps``,
+  and ``_WarmupCosine``: Keras' ``CosineDecay`` with common's four schedule numbers, read at the UPDATE index (Keras
+  hands a schedule its micro-step counter when accumulating);
+- mixed precision by Keras policy (bf16: ``mixed_bfloat16``; fp16: ``mixed_float16``, which ``compile`` wraps in a
+  ``LossScaleOptimizer``, on a GPU only);
+- the data: a ``tf.data.Dataset`` of common's micro-batches from the resume step on; ``fit`` runs one Keras
+  "epoch" per optimizer update (``steps_per_epoch=grad_accum``, ``initial_epoch=start step``), so an epoch's
+  ``loss`` is exactly that update's mean loss and Keras' own resume argument is the step;
+- a callback logs, evaluates (``model.evaluate`` on the held-out batches) and checkpoints through the ``Run``;
+- a checkpoint is ``save_pretrained`` (model.safetensors: every framework and transformers load it), the optimizer's
+  variables (``save_own_variables``) in ``optimizer.npz``, and the dropout layers' Keras ``SeedGenerator`` states in
+  trainer_state.json: ``--resume`` restores all three and gives the losses of an uninterrupted run, bit for bit;
+- ``tf.distribute.MirroredStrategy`` over every visible GPU when there are several (or the ``strategy=`` given):
+  Keras splits each global micro-batch over the replicas and sums their gradients (the model's loss is divided by
+  the replica count), so the replicas see common's global batch of each step.
+
+Refused, by name: ``--precision fp16`` without a GPU, ``--grad-accum`` > 1 under a MirroredStrategy (Keras applies
+accumulated gradients inside a ``cond``, and a cross-replica ``merge_call`` inside a ``cond`` is not supported by
+tf.distribute).
+
+>>> from gpt2.tf.train import train
+>>> summary = train(data="corpus.txt", config="config.json", out="run1", steps=200, batch_size=8, lr=1e-3)
+>>> summary["eval_loss"], summary["out"]
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..common import files
+from ..common.training import Run, TrainArgs, decays
+from . import weights
+from .heads import TFGPT2LMHeadModel
+
+OPTIMIZER_FILE = "optimizer.npz"
+_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def train(*, strategy: tf.distribute.Strategy | None = None, **options) -> dict:
+    """Train a GPT-2 LM with Keras; the keyword names are common's ``TrainArgs`` fields (the command's flags).
+
+    ``strategy``: a ``tf.distribute.Strategy`` to train under (default: a MirroredStrategy over the visible GPUs
+    when there are several, else none). Returns a summary: ``step`` (updates done), ``loss`` (the last update's
+    training loss; None when nothing was left to train), ``eval_loss`` and ``perplexity`` (the final evaluation),
+    ``out`` (the run folder, holding the final model)."""
+    framework = options.pop("framework", "tf")
+    if framework != "tf":
+        raise ValueError(f"gpt2.tf.train.train() trains with TensorFlow; got framework={framework!r} (use "
+                         f"gpt2.{framework}.train.train or gpt2.common.training.train)")
+    try:
+        args = TrainArgs(framework="tf", **options)
+    except TypeError as e:
+        raise TypeError(f"gpt2.tf.train.train(): {e} (the options are TrainArgs' fields)") from None
+    return train_from_args(args, strategy=strategy)
+
+
+def train_from_args(args: TrainArgs, *, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Run one training (or its continuation with ``args.resume``) described by ``args``; see ``train``."""
+    if args.framework != "tf":
+        raise ValueError(f"gpt2.tf.train runs --framework tf, got {args.framework!r}")
+    strategy = _strategy(strategy)
+    distributed = isinstance(strategy, tf.distribute.MirroredStrategy)
+    args.validate()
+    if distributed and args.grad_accum > 1:
+        raise ValueError(f"--grad-accum {args.grad_accum} under a tf.distribute.MirroredStrategy: Keras applies "
+                         f"accumulated gradients inside a cond, and tf.distribute cannot all-reduce (merge_call) "
+                         f"inside one; raise --batch-size instead, or train on one device")
+    policy = _policy(args.precision)
+    run = Run(args, devices=strategy.num_replicas_in_sync)
+    keras.utils.set_random_seed(args.seed)  # the initialisation and the dropout layers' first seeds
+    with strategy.scope():
+        model = _model(run, policy)
+        optimizer = _optimizer(run, model)
+        model.compile(optimizer=optimizer)  # no loss: the model's own (mixed_float16 wraps a LossScaleOptimizer)
+        model.optimizer.build(model.trainable_variables)
+        if run.resume_from is not None:
+            _restore(run, model)
+    callback = _RunCallback(run)
+    callback.set_model(model)
+    try:
+        if run.start_step < run.steps:
+            model.fit(_dataset(run), epochs=run.steps, initial_epoch=run.start_step,
+                      steps_per_epoch=args.grad_accum, callbacks=[callback], verbose=0, shuffle=False)
+    except BaseException:  # the last good checkpoint stays as it was; close the bar before the error shows
+        run.metrics.close()
+        raise
+    if callback.eval_loss is None or callback.eval_step != run.steps:
+        callback.evaluate(run.steps)
+    run.finish(write=lambda folder: model.save_pretrained(folder, safe_serialization=True), rng=_rng_state(model))
+    return {"step": run.steps, "loss": callback.loss, "eval_loss": callback.eval_loss,
+            "perplexity": float(np.exp(callback.eval_loss)) if callback.eval_loss < 700 else float("inf"),
+            "out": str(run.out)}
+
+
+# -- set-up ----------------------------------------------------------------------------------------------------------
+def _strategy(strategy):
+    if strategy is not None:
+        if not isinstance(strategy, tf.distribute.Strategy):
+            raise TypeError(f"strategy must be a tf.distribute.Strategy, got {type(strategy).__name__}")
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy([g.name for g in gpus]) if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def _policy(precision: str) -> keras.DTypePolicy:
+    if precision == "fp16" and not tf.config.list_logical_devices("GPU"):
+        raise ValueError("--precision fp16 needs a GPU (float16 compute with loss scaling); TensorFlow on this CPU "
+                         "offers --precision bf16 (mixed_bfloat16) or fp32")
+    return keras.DTypePolicy(_POLICIES[precision])
+
+
+def _model(run: Run, policy: keras.DTypePolicy) -> TFGPT2LMHeadModel:
+    """--resume: the checkpoint's weights; --model: the saved model's; --config: a new model with its Keras init."""
+    source = run.resume_from or run.init_from
+    if source is not None:
+        return TFGPT2LMHeadModel.from_pretrained(source, dtype=policy)
+    saved = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # the sub-layers made in the constructor take it
+    try:
+        model = TFGPT2LMHeadModel(run.config, dtype=policy)
+        model.build()
+    finally:
+        keras.config.set_dtype_policy(saved)
+    return model
+
+
+def _optimizer(run: Run, model: TFGPT2LMHeadModel) -> keras.optimizers.AdamW:
+    args = run.args
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=_WarmupCosine(run.schedule.peak, run.schedule.warmup, run.schedule.total, run.schedule.final,
+                                    accumulation=args.grad_accum),
+        weight_decay=args.weight_decay, beta_1=args.beta1, beta_2=args.beta2, epsilon=args.eps,
+        global_clipnorm=args.clip or None,
+        gradient_accumulation_steps=args.grad_accum if args.grad_accum > 1 else None)
+    decayed = {id(var) for cname, (_, var, _) in weights.variables(model).items() if decays(cname)}
+    optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in decayed])
+    return optimizer
+
+
+@keras.saving.register_keras_serializable(package="gpt2")
+class _WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Common's schedule (linear warmup from 0, cosine to ``final``) as Keras' ``CosineDecay`` with its warmup,
+    indexed by the optimizer UPDATE: with ``gradient_accumulation_steps`` Keras passes the micro-step counter
+    (``optimizer._iterations``), which is divided by ``accumulation`` here."""
+
+    def __init__(self, peak: float, warmup: int, total: int, final: float, accumulation: int = 1) -> None:
+        self.peak, self.warmup, self.total, self.final = float(peak), int(warmup), int(total), float(final)
+        self.accumulation = int(accumulation)
+        self.cosine = keras.optimizers.schedules.CosineDecay(
+            0.0, max(1, self.total - self.warmup), alpha=self.final / self.peak, warmup_target=self.peak,
+            warmup_steps=self.warmup)
+
+    def __call__(self, step):
+        update = tf.math.floordiv(tf.cast(step, tf.int64), self.accumulation)
+        # past the last update: the final rate (CosineDecay would restart at the peak when warmup == total)
+        return tf.where(update >= self.total, tf.constant(self.final, tf.float32), self.cosine(update))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total, "final": self.final,
+                "accumulation": self.accumulation}
+
+
+def _dataset(run: Run) -> tf.data.Dataset:
+    """Common's global micro-batches of the updates [start step, steps), one after another, as dicts with labels.
+    Rows are yielded one by one and batched by tf.data, so that a strategy splits each micro-batch over replicas."""
+    batches, T = run.batches, run.block_size
+
+    def rows():
+        for step in range(run.start_step, run.steps):
+            for micro in batches.global_batch(step):  # (batch_size, T) int32
+                yield from micro
+
+    spec = tf.TensorSpec((T,), tf.int32)
+    ds = tf.data.Dataset.from_generator(rows, output_signature=spec)
+    ds = ds.batch(run.args.batch_size, drop_remainder=True).map(lambda x: {"input_ids": x, "labels": x})
+    return ds.prefetch(2)
+
+
+def _eval_dataset(run: Run) -> tf.data.Dataset:
+    rows = np.concatenate(list(run.eval_batches()))  # the same batches every evaluation
+    return tf.data.Dataset.from_tensor_slices({"input_ids": rows, "labels": rows}).batch(run.args.batch_size)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------------
+def _seed_states(model) -> list:
+    """The dropout layers' Keras SeedGenerator state variables, in the model's (construction) order."""
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+def _rng_state(model) -> dict:
+    return {"keras_seed_generators": [np.asarray(v.numpy()).tolist() for v in _seed_states(model)]}
+
+
+def _write_checkpoint(folder: Path, model) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    store = {}
+    model.optimizer.save_own_variables(store)
+    buffer = io.BytesIO()
+    np.savez(buffer, **store)
+    files.write_bytes(Path(folder) / OPTIMIZER_FILE, buffer.getvalue())
+
+
+def _restore(run: Run, model) -> None:
+    """The optimizer's variables and the dropout seed states of ``run.resume_from`` (the weights came with
+    from_pretrained); ValueError naming the file when they do not fit this optimizer / model."""
+    path = run.resume_from / OPTIMIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} is missing (the optimizer state of the checkpoint)")
+    try:
+        with np.load(path) as npz:
+            store = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--resume: {path} is not a readable optimizer state ({e})") from None
+    variables = model.optimizer.variables
+    if sorted(store, key=int) != [str(i) for i in range(len(variables))]:
+        raise ValueError(f"--resume: {path} holds {len(store)} optimizer variables, this optimizer has "
+                         f"{len(variables)} (another precision, --grad-accum or model?)")
+    for i, var in enumerate(variables):
+        if tuple(store[str(i)].shape) != tuple(var.shape):
+            raise ValueError(f"--resume: {path}: optimizer variable {i} ({var.path}) has shape "
+                             f"{store[str(i)].shape}, expected {tuple(var.shape)}")
+    model.optimizer.load_own_variables(store)
+    saved = ((run.state or {}).get("rng") or {}).get("keras_seed_generators")
+    seeds = _seed_states(model)
+    if saved is None or len(saved) != len(seeds):
+        raise ValueError(f"--resume: {run.resume_from}/trainer_state.json holds "
+                         f"{'no' if saved is None else len(saved)} dropout seed states, the model has {len(seeds)}")
+    for var, value in zip(seeds, saved):
+        var.assign(np.asarray(value, dtype=weights.numpy_dtype(var.dtype)))
+
+
+# -- the callback ----------------------------------------------------------------------------------------------------
+class _RunCallback(keras.callbacks.Callback):
+    """After each Keras epoch (one optimizer update): log its loss, evaluate, checkpoint, through the Run."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__()
+        self.run = run
+        self.loss = None
+        self.eval_loss = None
+        self.eval_step = None
+        self._eval_data = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1  # updates done
+        self.loss = float(logs["loss"])
+        if not np.isfinite(self.loss):
+            raise FloatingPointError(f"update {step}: the training loss is {self.loss} (lower --lr, or use "
+                                     f"--clip / --precision fp32)")
+        self.run.log(step, loss=self.loss)
+        if self.run.should_eval(step):
+            self.evaluate(step)
+        if self.run.should_save(step):
+            self.run.save(step, write=lambda folder: _write_checkpoint(folder, self.model),
+                          rng=_rng_state(self.model))
+
+    def evaluate(self, step: int) -> float:
+        if self._eval_data is None:
+            self._eval_data = _eval_dataset(self.run)
+        self.eval_loss = float(self.model.evaluate(self._eval_data, verbose=0))
+        self.eval_step = step
+        self.run.log_eval(step, self.eval_loss)
+        return self.eval_loss

@@ -1,0 +1,197 @@
+"""gpt2/tf/train.py: Keras fit training on a small real text (tests/data/genesis.txt) with a tiny model: the loss
+falls, --resume gives the losses of an uninterrupted run bit for bit (dropout on, gradient accumulation), the dropout
+seed states are what makes it so, the final model loads in our torch model with equal logits, the schedule is
+common's, weight decay only where common.decays says, bad input refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import requires_tf, requires_torch
+
+pytestmark = [requires_tf]
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "genesis.txt"
+CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 50257}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A copy of the text (its token file is made beside it, once for the module) and a tiny config file."""
+    folder = tmp_path_factory.mktemp("tfdata")
+    shutil.copy(DATA, folder / "genesis.txt")
+    (folder / "tiny.json").write_text(json.dumps(CONFIG))
+    return folder
+
+
+def _options(setup, out, **extra):
+    return dict(data=str(setup / "genesis.txt"), config=str(setup / "tiny.json"), out=str(out), batch_size=4,
+                block_size=32, lr=1e-2, warmup=2, eval_batches=2, log_every=1, progress=False, **extra)
+
+
+def _losses(out) -> dict[int, float]:
+    from gpt2.common.training import read_metrics
+
+    return {r["step"]: r["loss"] for r in read_metrics(Path(out) / "metrics.jsonl") if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    """12 updates of 2 micro-batches each, dropout on (the config's 0.1), a checkpoint every 6."""
+    from gpt2.tf.train import train
+
+    out = setup / "full"
+    summary = train(**_options(setup, out, steps=12, grad_accum=2, save_every=6, eval_every=6))
+    return out, summary
+
+
+def test_the_loss_falls_and_the_run_folder_is_complete(setup, uninterrupted):
+    out, summary = uninterrupted
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 13))
+    assert losses[1] > np.log(50257) - 0.5  # a new model starts near chance
+    assert np.mean([losses[s] for s in (10, 11, 12)]) < losses[1] - 1.0, losses
+    assert summary["step"] == 12 and summary["loss"] == pytest.approx(losses[12])
+    assert summary["eval_loss"] < losses[1] - 1.0
+    assert summary["perplexity"] == pytest.approx(np.exp(summary["eval_loss"]))
+    assert summary["out"] == str(out)
+    for name in ("model.safetensors", "config.json", "trainer_state.json", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    checkpoint = out / "checkpoint-6"
+    assert (checkpoint / "optimizer.npz").is_file() and (checkpoint / "model.safetensors").is_file()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["framework"] == "tf"
+    assert len(state["rng"]["keras_seed_generators"]) == 7  # the dropout layers: embeddings + 3 per block
+
+
+def _resume_from_checkpoint(setup, full, name, edit_state=None):
+    """A run folder holding only the uninterrupted run's checkpoint-6 and metrics, continued with --resume."""
+    from gpt2.tf.train import train
+
+    out = setup / name
+    out.mkdir()
+    shutil.copytree(full / "checkpoint-6", out / "checkpoint-6")
+    shutil.copy(full / "metrics.jsonl", out / "metrics.jsonl")
+    if edit_state is not None:
+        path = out / "checkpoint-6" / "trainer_state.json"
+        path.write_text(json.dumps(edit_state(json.loads(path.read_text()))))
+    summary = train(**_options(setup, out, steps=12, grad_accum=2, save_every=6, eval_every=6, resume=True))
+    return out, summary
+
+
+def test_resume_gives_the_uninterrupted_losses_exactly(setup, uninterrupted):
+    full, summary = uninterrupted
+    out, resumed = _resume_from_checkpoint(setup, full, "resumed")
+    expected, got = _losses(full), _losses(out)
+    assert sorted(got) == list(range(1, 13))
+    assert [got[s] for s in range(7, 13)] == [expected[s] for s in range(7, 13)]  # float equality
+    assert resumed["eval_loss"] == summary["eval_loss"]
+    a = _safetensors(full / "model.safetensors")
+    b = _safetensors(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_dropout_seed_states_are_what_makes_resume_exact(setup, uninterrupted):
+    """The same resume with the saved Keras SeedGenerator states shifted: other dropout masks, other losses."""
+    full, _ = uninterrupted
+
+    def shift(state):
+        state["rng"]["keras_seed_generators"] = [[a + 1, b] for a, b in state["rng"]["keras_seed_generators"]]
+        return state
+
+    out, _ = _resume_from_checkpoint(setup, full, "other-seeds", shift)
+    expected, got = _losses(full), _losses(out)
+    assert got[6] == expected[6]
+    assert all(got[s] != expected[s] for s in range(7, 13))
+
+
+@requires_torch
+def test_the_trained_model_loads_in_torch_with_equal_logits(uninterrupted):
+    import torch
+
+    import gpt2.torch as pt
+    from gpt2.tf import TFGPT2LMHeadModel
+
+    out, _ = uninterrupted
+    ids = np.array([[464, 995, 318, 257, 1332, 13, 383, 1110]], dtype=np.int32)
+    ours = TFGPT2LMHeadModel.from_pretrained(out)(input_ids=tf.constant(ids)).logits.numpy()
+    theirs = pt.GPT2LMHeadModel.from_pretrained(out).eval()(input_ids=torch.tensor(ids).long()).logits
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def _safetensors(path):
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+def test_the_keras_schedule_is_commons_at_every_update():
+    from gpt2.common.training import Schedule
+    from gpt2.tf.train import _WarmupCosine
+
+    for warmup, total, accumulation in ((3, 20, 1), (0, 7, 3), (5, 5, 2)):
+        common = Schedule(peak=1e-3, warmup=warmup, total=total, final=1e-4)
+        keras_schedule = _WarmupCosine(1e-3, warmup, total, 1e-4, accumulation=accumulation)
+        for micro in range((total + 3) * accumulation):
+            np.testing.assert_allclose(float(keras_schedule(micro)), common(micro // accumulation), rtol=2e-6,
+                                       atol=1e-12, err_msg=f"micro-step {micro}")
+        clone = _WarmupCosine.from_config(keras_schedule.get_config())
+        again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(keras_schedule))
+        assert float(clone(5)) == float(again(5)) == float(keras_schedule(5))
+
+
+def test_weight_decay_only_where_common_decays_says():
+    from gpt2.common.config import GPT2Config
+    from gpt2.common.training import Schedule, decays
+    from gpt2.tf import TFGPT2LMHeadModel, weights
+    from gpt2.tf.train import _optimizer
+
+    for tied in (True, False):
+        model = TFGPT2LMHeadModel(GPT2Config(**{**CONFIG, "vocab_size": 60}, tie_word_embeddings=tied))
+        model.build()
+        run = SimpleNamespace(args=SimpleNamespace(grad_accum=1, weight_decay=0.1, beta1=0.9, beta2=0.95,
+                                                   eps=1e-8, clip=1.0),
+                              schedule=Schedule(peak=1e-3, warmup=1, total=10, final=1e-4))
+        optimizer = _optimizer(run, model)
+        found = weights.variables(model)
+        assert len(found) == len(model.trainable_variables)
+        decayed = sorted(c for c, (_, var, _) in found.items() if optimizer._use_weight_decay(var))
+        assert decayed == sorted(c for c in found if decays(c))
+        assert ("lm_head.weight" in decayed) is (not tied)
+        assert "transformer.h.0.attn.c_attn.weight" in decayed and "transformer.wte.weight" not in decayed
+
+
+def test_bad_input_is_refused(setup, tmp_path):
+    from gpt2.tf.train import train
+
+    with pytest.raises(ValueError, match="framework='torch'"):
+        train(framework="torch", **_options(setup, tmp_path / "a", steps=1))
+    with pytest.raises(TypeError, match="learning_rate"):
+        train(learning_rate=1e-3, **_options(setup, tmp_path / "b", steps=1))
+    if not tf.config.list_logical_devices("GPU"):
+        with pytest.raises(ValueError, match="--precision fp16 needs a GPU"):
+            train(precision="fp16", **_options(setup, tmp_path / "c", steps=1))
+    with pytest.raises(TypeError, match="tf.distribute.Strategy"):
+        train(strategy="mirrored", **_options(setup, tmp_path / "d", steps=1))
+
+
+def test_a_damaged_optimizer_state_is_refused_by_name(setup, uninterrupted):
+    from gpt2.tf.train import train
+
+    full, _ = uninterrupted
+    out = setup / "damaged"
+    out.mkdir()
+    shutil.copytree(full / "checkpoint-6", out / "checkpoint-6")
+    np.savez(out / "checkpoint-6" / "optimizer.npz", **{"0": np.zeros(1)})
+    with pytest.raises(ValueError, match=r"optimizer\.npz holds 1 optimizer variables"):
+        train(**_options(setup, out, steps=12, grad_accum=2, save_every=6, resume=True))
+    assert (out / "checkpoint-6" / "model.safetensors").is_file()  # nothing lost
