@@ -22,9 +22,11 @@ Decisions (each written once, here):
   (tested). Files are read in binary blocks, so memory stays bounded by the chunk size, not the file size.
 - **The token file.** Raw little-endian uint16 ids (``count * 2`` bytes, read with ``np.memmap``) and beside it a
   JSON of what made it: the tokenizer (class, vocabulary size and a sha256 of its vocabulary, merges and added
-  tokens), the source files with their sizes, modification times and sha256, the token count. The JSON is written
-  last, after the ids are on disk, and removed first when a token file is remade: a token file without its JSON is
-  never trusted.
+  tokens), the source files with their sizes, modification times and sha256, the token count. Both are written as
+  temporary files renamed into place, the JSON last: a crash between the two renames leaves a JSON whose count or
+  source hashes no longer match, so the token file is remade, never read half-new. Processes preparing the same
+  source at once (test workers, ranks without a barrier) each write whole files and rename them; no reader ever sees
+  a missing or partial file.
 - **Where.** For ``corpus.txt``: ``corpus.txt.gpt2-tokens`` (+ ``.json``) beside it; for a folder ``data/``:
   ``data/gpt2-tokens`` (+ ``.json``) inside it (not a ``.txt``, so never read back as text). When that place is not
   writable (a read-only dataset), the cache folder is used instead: ``cache_dir`` if given, else
@@ -45,13 +47,13 @@ Decisions (each written once, here):
 - **Sharding.** ``batch_size`` is the global micro-batch (all ranks together); the global batch of a step has shape
   ``(grad_accum, batch_size, T)``; rank ``r`` of ``world`` takes rows ``[r*b, (r+1)*b)`` of each micro-batch, with
   ``b = batch_size // world``. The ranks' rows partition the global batch, so one device and N devices see the same
-  data per step. ``batch_size`` must divide by ``world`` (and by the devices a framework shards over: ``check_divides``).
+  data per step. ``batch_size`` must divide by ``world`` (and by the devices a framework shards over:
+  ``check_divides``).
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import hashlib
 import json
 import math
@@ -305,8 +307,8 @@ def _make(place: Path, root: Path, sources: list[Path], tokenizer, identity: dic
     count, max_id, entries = 0, 0, []
     total = sum(f.stat().st_size for f in sources)
     with files.atomic_path(place) as tmp, open(tmp, "wb") as out, \
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {root.name}", disable=not progress,
-                 leave=False) as bar:
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {root.name}", leave=False,
+                 disable=None if progress else True) as bar:  # disable=None: a bar only on a terminal
 
         def flush(texts: list[str]) -> None:
             nonlocal count, max_id
@@ -337,8 +339,6 @@ def _make(place: Path, root: Path, sources: list[Path], tokenizer, identity: dic
             max_id = max(max_id, eos)
             entries.append(_file_entry(root, file, digest.hexdigest()))
         out.flush()
-        with contextlib.suppress(FileNotFoundError):  # the old description goes first: ids without one are untrusted
-            meta_path.unlink()
     meta = {"format": FORMAT, "version": VERSION, "dtype": "uint16", "count": count, "max_id": max_id,
             "tokenizer": identity, "documents": "one per file (and per <|endoftext|> in it); each ends with "
             "<|endoftext|>", "source": str(root.resolve()), "files": entries}

@@ -54,6 +54,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -418,8 +419,9 @@ class Metrics:
         if enabled and self.path.exists():  # created by the first record (other ranks may be checking --out now)
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start] if start else []
             files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.verbose = enabled and progress  # eval / save lines on stderr (a log file gets them without the bar)
         self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True,
-                        disable=not (enabled and progress))
+                        disable=None if (enabled and progress) else True)  # None: only on a terminal
 
     def log(self, step: int, *, loss: float, lr: float, **extra: float) -> dict:
         """Record update ``step`` (1-based: updates done); tokens/s since the previous log."""
@@ -440,7 +442,7 @@ class Metrics:
         record = {"step": int(step), "eval_loss": float(loss), "perplexity": _perplexity(loss)}
         if self.enabled:
             self._append(record)
-            self.bar.write(f"step {step}: eval loss {loss:.4f}, perplexity {record['perplexity']:.2f}")
+            self.write(f"step {step}: eval loss {loss:.4f}, perplexity {record['perplexity']:.2f}")
         return record
 
     def advance(self, step: int) -> None:
@@ -449,8 +451,8 @@ class Metrics:
             self.bar.update(step - self.bar.n)
 
     def write(self, message: str) -> None:
-        if self.enabled:
-            self.bar.write(message)
+        if self.verbose:
+            self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

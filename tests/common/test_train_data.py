@@ -279,3 +279,15 @@ def test_a_real_text_prepared_end_to_end(corpus):
     batches = Batches(train, batch_size=8, seed=0)
     x = batches.batch(0)
     assert x.shape == (1, 8, 32) and x.max() < 50257 and len(val) >= 8
+
+
+def test_preparing_at_once_from_several_workers(tmp_path, tokenizer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "shared.txt"
+    path.write_text(GENESIS.read_text()[:5000])
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: prepare(path, tokenizer=tokenizer, progress=False), range(8)))
+    assert all(np.array_equal(m.tokens, made[0].tokens) for m in made)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.txt", "shared.txt.gpt2-tokens",
+                                                          "shared.txt.gpt2-tokens.json"]

@@ -118,10 +118,12 @@ def test_schedule_equals_the_native_ones():
 
 
 def test_decays():
-    yes = ["transformer.h.0.attn.c_attn.weight", "transformer.h.11.attn.c_proj.weight", "transformer.h.0.mlp.c_fc.weight",
+    yes = ["transformer.h.0.attn.c_attn.weight", "transformer.h.11.attn.c_proj.weight",
+           "transformer.h.0.mlp.c_fc.weight",
            "transformer.h.0.mlp.c_proj.weight", "transformer.h.0.crossattention.q_attn.weight", "lm_head.weight",
            "score.weight", "classifier.weight", "qa_outputs.weight", "multiple_choice_head.summary.weight"]
-    no = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight", "transformer.h.0.ln_1.bias",
+    no = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+          "transformer.h.0.ln_1.bias",
           "transformer.h.0.ln_2.weight", "transformer.ln_f.weight", "transformer.ln_f.bias",
           "transformer.h.0.attn.c_attn.bias", "transformer.h.0.mlp.c_fc.bias", "classifier.bias", "score.bias",
           "multiple_choice_head.summary.bias", "transformer.h.0.ln_cross_attn.weight"]
@@ -163,7 +165,8 @@ def test_a_crash_mid_save_leaves_the_last_good_checkpoint(tmp_path):
 
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(out, 20, dies, STATE)
-    assert latest_checkpoint(out) == out / "checkpoint-10" and sorted(p.name for p in out.iterdir()) == ["checkpoint-10"]
+    assert latest_checkpoint(out) == out / "checkpoint-10"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-10"]
     # a process killed mid-save leaves its temporary folder: never a checkpoint, cleaned by the next save
     dead = out / ".checkpoint-30.999999999.0123abcd.tmp"
     dead.mkdir()
@@ -271,7 +274,8 @@ def test_run_end_to_end_and_resume(setup):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoint-4", "checkpoint-8", "config.json", "loss.png", "metrics.jsonl", "trainer_state.json"]
     state = read_state(out / "checkpoint-8")
-    assert state["framework"] == "torch" and state["config_digest"] == run.digest and state["rng"] == {"seed": [1, 2, 7]}
+    assert state["framework"] == "torch" and state["config_digest"] == run.digest
+    assert state["rng"] == {"seed": [1, 2, 7]}
     assert state["data"]["rows_seen"] == 32 and state["args"]["batch_size"] == 4
     assert json.loads(json.dumps(state)) == state
     full = read_metrics(out / "metrics.jsonl")
