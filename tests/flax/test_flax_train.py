@@ -1,0 +1,159 @@
+"""gpt2/flax/train.py on one device: a tiny model's loss falls on tests/data/genesis.txt; a run that crashes and is
+resumed gives the very losses and weights of an uninterrupted one (dropout on, gradient accumulation on); the saved
+model loads in our PyTorch models with the same logits; bad options are refused by name.
+
+One uninterrupted run (module fixture) serves as the reference of every check: each train() call compiles its step
+(~10 s on a loaded 2-core machine), so the file makes three calls in all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import requires_flax, requires_torch
+
+pytestmark = requires_flax
+
+GENESIS = str(Path(__file__).resolve().parents[1] / "data" / "genesis.txt")
+# the GPT-2 tokenizer's ids need the full vocabulary; everything else is tiny. Dropout on: resume must replay it.
+CONFIG = dict(n_layer=2, n_embd=32, n_head=2, n_positions=32, vocab_size=50257, resid_pdrop=0.1, embd_pdrop=0.1,
+              attn_pdrop=0.1)
+STEPS = 12
+OPTIONS = dict(data=GENESIS, steps=STEPS, batch_size=4, grad_accum=2, block_size=32, lr=2e-2, warmup=2, eval_every=6,
+               save_every=4, log_every=1, eval_batches=2, keep_checkpoints=0, seed=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps(CONFIG))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, config_file):
+    from gpt2.flax.train import train
+
+    out = tmp_path_factory.mktemp("run") / "out"
+    return train(config=config_file, out=str(out), **OPTIONS)
+
+
+def _weights(folder) -> dict[str, np.ndarray]:
+    from gpt2.flax import FlaxGPT2LMHeadModel
+
+    return FlaxGPT2LMHeadModel.from_pretrained(folder).state_to_canonical()
+
+
+def test_the_loss_falls_and_the_run_folder_is_complete(reference):
+    from gpt2.common.training import checkpoints, read_metrics, read_state
+
+    losses = reference["losses"]
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert losses[STEPS] < losses[1] - 1.0, losses  # from ln(50257) = 10.8 down
+    assert reference["step"] == STEPS and reference["loss"] == losses[STEPS]
+    assert reference["eval_loss"] < losses[1] - 1.0
+    assert reference["perplexity"] == pytest.approx(np.exp(reference["eval_loss"]))
+    out = Path(reference["out"])
+    for name in ("config.json", "flax_model.msgpack", "trainer_state.json", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    assert [s for s, _ in checkpoints(out)] == [4, 8]
+    for step, folder in checkpoints(out):
+        assert (folder / "optimizer.msgpack").is_file() and (folder / "flax_model.msgpack").is_file()
+        state = read_state(folder)
+        assert state["framework"] == "flax" and state["rng"]["seed"] == 1 and state["data"]["step"] == step
+    records = read_metrics(out / "metrics.jsonl")
+    logged = {r["step"]: r["loss"] for r in records if "loss" in r}
+    assert logged == pytest.approx(losses, abs=0)
+    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12]
+    # the learning rate logged is common's schedule: warmup from 0, peak at update 2, cosine down to 10%
+    rates = [r["lr"] for r in records if "lr" in r]
+    assert rates[0] == 0.0 and rates[2] == pytest.approx(2e-2) and rates[-1] < rates[2]
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(reference, config_file, tmp_path, monkeypatch):
+    from gpt2.common import training
+    from gpt2.common.training import latest_checkpoint, read_metrics
+    from gpt2.flax.train import train
+
+    out = tmp_path / "out"
+    log = training.Run.log
+
+    def crash_at_6(self, step, **kw):
+        if step == 6:  # after checkpoint-4, before checkpoint-8: updates 5 and 6 are lost
+            raise KeyboardInterrupt("simulated crash")
+        return log(self, step, **kw)
+
+    monkeypatch.setattr(training.Run, "log", crash_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(config=config_file, out=str(out), **OPTIONS)
+    monkeypatch.setattr(training.Run, "log", log)
+    assert latest_checkpoint(out).name == "checkpoint-4"
+    with pytest.raises(ValueError, match="--resume"):  # a run is there: starting over would overwrite it
+        train(config=config_file, out=str(out), **OPTIONS)
+
+    resumed = train(config=config_file, out=str(out), resume=True, **OPTIONS)
+    assert sorted(resumed["losses"]) == list(range(5, STEPS + 1))
+    for step, loss in resumed["losses"].items():  # the same data, dropout masks and optimizer state: bit for bit
+        assert loss == reference["losses"][step], (step, loss, reference["losses"][step])
+    assert resumed["eval_loss"] == reference["eval_loss"]
+    theirs, ours = _weights(reference["out"]), _weights(out)
+    assert theirs.keys() == ours.keys()
+    for name in theirs:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    # metrics.jsonl reads as one run: the lost updates 5 and 6 appear once, with the uninterrupted values
+    logged = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
+    assert logged == reference["losses"]
+
+
+@requires_torch
+def test_the_trained_model_loads_in_torch_with_the_same_logits(reference):
+    import torch
+
+    from gpt2.flax import FlaxGPT2LMHeadModel
+    from gpt2.torch import GPT2LMHeadModel
+
+    ids = np.random.default_rng(0).integers(0, 50257, (2, 32))
+    flax_model = FlaxGPT2LMHeadModel.from_pretrained(reference["out"])
+    ours = np.asarray(flax_model(ids).logits)
+    for folder in (reference["out"], Path(reference["out"]) / "checkpoint-8"):
+        model = GPT2LMHeadModel.from_pretrained(folder).eval()
+        with torch.no_grad():
+            theirs = model(torch.tensor(ids)).logits.numpy()
+        if folder == reference["out"]:
+            np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+        assert np.isfinite(theirs).all()
+    # the decay mask: common.training.decays' rule on the canonical names
+    from gpt2.flax.train import _decay_mask
+
+    mask = _decay_mask(flax_model)
+    block = mask["transformer"]["h"][0]
+    assert block["attn"]["c_attn"]["kernel"] and block["mlp"]["c_proj"]["kernel"]
+    assert not block["attn"]["c_attn"]["bias"] and not block["ln_1"]["scale"]
+    assert not mask["transformer"]["wte"]["embedding"] and not mask["transformer"]["wpe"]["embedding"]
+
+
+def test_bad_options_are_refused_by_name(tmp_path, config_file):
+    import jax
+
+    from gpt2.flax.train import train, train_from_args
+    from gpt2.common.training import TrainArgs
+
+    base = dict(OPTIONS, config=config_file, out=str(tmp_path / "out"))
+    if jax.default_backend() == "cpu":
+        with pytest.raises(ValueError, match="--precision fp16"):
+            train(**{**base, "precision": "fp16"})
+    with pytest.raises(ValueError, match="framework='torch'"):
+        train(**{**base, "framework": "torch"})
+    with pytest.raises(TypeError, match="unknown option.*learning_rate"):
+        train(**{**base, "learning_rate": 1e-3})
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        train(mesh="data", **base)
+    with pytest.raises(ValueError, match="--framework tf"):
+        train_from_args(TrainArgs(framework="tf", **base))
+    with pytest.raises(ValueError, match="--block-size 64 is above the model's n_positions 32"):
+        train(**{**base, "block_size": 64})
+    assert not (tmp_path / "out").exists()  # nothing was written by a refused run
