@@ -1,0 +1,80 @@
+"""gpt2/tf/train.py under tf.distribute.MirroredStrategy with 2 logical CPU devices (made before TensorFlow starts:
+a subprocess): the same updates reach the one-device losses within tolerance (each replica takes half of common's
+global micro-batch; Keras sums the replicas' gradients of the loss divided by the replica count), and --grad-accum
+under a MirroredStrategy is refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_tf
+
+pytestmark = [requires_tf]
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "genesis.txt"
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+SCRIPT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from gpt2.common.training import read_metrics
+from gpt2.tf.train import train
+
+folder = sys.argv[1]
+options = dict(data=folder + "/genesis.txt", config=folder + "/tiny.json", batch_size=4, block_size=32, lr=3e-3,
+               warmup=2, steps=8, eval_every=4, save_every=0, eval_batches=2, log_every=1, progress=False)
+result = {}
+for n in (1, 2):
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(n)])
+    summary = train(strategy=strategy, out=f"{folder}/run{n}", **options)
+    result[n] = {"losses": [r["loss"] for r in read_metrics(f"{folder}/run{n}/metrics.jsonl") if "loss" in r],
+                 "eval_loss": summary["eval_loss"]}
+try:
+    train(strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), out=folder + "/accum", grad_accum=2,
+          **options)
+    result["refused"] = None
+except ValueError as e:
+    result["refused"] = str(e)
+try:
+    train(strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), out=folder + "/odd",
+          **{**options, "batch_size": 3})
+    result["odd"] = None
+except ValueError as e:
+    result["odd"] = str(e)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_two_replicas_reach_the_one_device_losses(tmp_path):
+    shutil.copy(DATA, tmp_path / "genesis.txt")
+    (tmp_path / "tiny.json").write_text(json.dumps({"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32,
+                                                    "vocab_size": 50257, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                    "attn_pdrop": 0.0}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    one, two = result["1"], result["2"]
+    assert len(one["losses"]) == len(two["losses"]) == 8
+    # The first two updates: the same weights and batches, summation order aside. Later ones drift apart slowly:
+    # AdamW's first updates are close to lr * sign(gradient), which turns rounding-sized gradient differences of the
+    # near-zero components into lr-sized weight differences (about 3e-3 nats after 6 updates here).
+    for a, b in zip(one["losses"][:2], two["losses"][:2]):
+        assert abs(a - b) < 1e-5, (one["losses"], two["losses"])
+    for a, b in zip(one["losses"], two["losses"]):
+        assert abs(a - b) < 1e-2, (one["losses"], two["losses"])
+    assert abs(one["eval_loss"] - two["eval_loss"]) < 1e-2
+    assert one["losses"][-1] < one["losses"][0] - 0.2
+    assert "--grad-accum 2 under a tf.distribute.MirroredStrategy" in result["refused"]
+    assert "--batch-size 3 does not divide over 2 devices" in result["odd"]
