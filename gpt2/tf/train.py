@@ -182,7 +182,7 @@ def _dataset(run: Run) -> tf.data.Dataset:
 
     def rows():
         for step in range(run.start_step, run.steps):
-            for micro in batches.global_batch(step):  # (batch_size, T) int32
+            for micro in batches.global_batch(step):  # batch_size rows of T int32 ids
                 yield from micro
 
     spec = tf.TensorSpec((T,), tf.int32)
