@@ -137,7 +137,13 @@ def _train(args) -> int:
     from .common.training import train
 
     result = train(_train_args(args).validate())
-    _report([f"trained model saved to {args.out}" if result is None else f"trained model saved to {result}"])
+    lines = [f"trained model saved to {args.out}"]
+    if isinstance(result, dict):  # the frameworks' summary: step, loss, eval_loss, perplexity, ...
+        parts = [f"{key} {result[key]:.4g}" if isinstance(result[key], float) else f"{key} {result[key]}"
+                 for key in ("step", "loss", "eval_loss", "perplexity") if key in result]
+        if parts:
+            lines.append("final " + ", ".join(parts))
+    _report(lines)
     return 0
 
 

@@ -94,7 +94,8 @@ def fake_framework(args):
             run.log_eval(step + 1, 5.0)
         if run.should_save(step + 1):
             run.save(step + 1, write=lambda folder: (folder / "weights").write_bytes(b"w"))
-    return run.finish(write=lambda folder: run.config.save_pretrained(folder))
+    run.finish(write=lambda folder: run.config.save_pretrained(folder))
+    return {"step": run.steps, "loss": 5.5, "eval_loss": 5.0, "out": str(run.out)}
 
 
 def test_the_command_runs_the_framework(setup, monkeypatch, capsys):
@@ -106,7 +107,8 @@ def test_the_command_runs_the_framework(setup, monkeypatch, capsys):
             "--out", str(setup / "out"), "--steps", "6", "--block-size", "32", "--batch-size", "4", "--save-every", "3",
             "--eval-every", "2", "--log-every", "1", "--no-progress"]
     assert main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"trained model saved to {setup / 'out'}"
+    assert capsys.readouterr().out.splitlines() == [f"trained model saved to {setup / 'out'}",
+                                                    "final step 6, loss 5.5, eval_loss 5"]
     names = sorted(p.name for p in (setup / "out").iterdir())
     assert names == ["checkpoint-3", "config.json", "loss.png", "metrics.jsonl", "trainer_state.json"]
     assert main(argv) == 1  # the same --out again without --resume: refused, nothing touched
