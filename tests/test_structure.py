@@ -198,6 +198,7 @@ TORCH_OUTLINE = {
     "logits_process.py": [],
     "stopping.py": ["Stop"],
     "beam_search.py": [],
+    "train.py": [],  # the training loop: functions only (common/training.py holds the framework-free half)
 }
 # Constructor attributes that are checkpoint names, in the order the constructor sets them (other attributes may
 # come between them).
