@@ -1,0 +1,106 @@
+"""gpt2.torch.train under torchrun with 2 CPU processes (gloo): DistributedDataParallel and FSDP2 reach the
+single-process losses on the same global batches within 1e-5, FSDP2 resumes from its checkpoint with the same
+losses, and only rank 0 writes (one metrics line per update, models that load and agree with one process's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gpt2.common.training import read_metrics  # noqa: E402
+from gpt2.torch import GPT2LMHeadModel  # noqa: E402
+
+GENESIS = Path(__file__).resolve().parent.parent / "data" / "genesis.txt"
+ROOT = Path(__file__).resolve().parent.parent.parent
+# Dropout off: two processes draw other dropout masks than one does (each rank its own stream).
+CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 50257, "resid_pdrop": 0.0,
+          "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+LAUNCH = "import json, sys\nfrom gpt2.torch.train import train\nprint(json.dumps(train(**json.loads(sys.argv[1]))))\n"
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("torch_dist")
+    shutil.copy(GENESIS, folder / "genesis.txt")
+    (folder / "nodrop.json").write_text(json.dumps(CONFIG))
+    (folder / "launch.py").write_text(LAUNCH)
+    return folder
+
+
+def options(folder: Path, out: str, **kw) -> dict:
+    return {"data": str(folder / "genesis.txt"), "config": str(folder / "nodrop.json"), "out": str(folder / out),
+            "steps": 4, "batch_size": 4, "grad_accum": 2, "block_size": 16, "warmup": 1, "lr": 3e-3,
+            "eval_every": 2, "eval_batches": 2, "save_every": 2, "log_every": 1, "progress": False, **kw}
+
+
+def run(folder: Path, opts: dict, processes: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    if processes == 1:
+        cmd = [sys.executable, str(folder / "launch.py"), json.dumps(opts)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(folder / "launch.py"), json.dumps(opts)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(folder))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def records(out: Path) -> tuple[dict, dict]:
+    metrics = read_metrics(out / "metrics.jsonl")
+    train = [r for r in metrics if "loss" in r]
+    assert len(train) == len({r["step"] for r in train}), "one line per update: only rank 0 writes"
+    return ({r["step"]: r["loss"] for r in train}, {r["step"]: r["eval_loss"] for r in metrics if "eval_loss" in r})
+
+
+@pytest.fixture(scope="module")
+def single(folder) -> tuple[dict, dict]:
+    run(folder, options(folder, "single"), 1)
+    return records(folder / "single")
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_reach_the_single_process_losses(folder, single, mode):
+    done = run(folder, options(folder, mode, distributed=mode), 2)
+    summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 2 and all(s["world"] == 2 for s in summaries)
+    losses, evals = records(folder / mode)
+    assert sorted(losses) == [1, 2, 3, 4] and sorted(evals) == [2, 4]
+    for step, value in single[0].items():
+        assert losses[step] == pytest.approx(value, abs=1e-5), (mode, step)
+    for step, value in single[1].items():
+        assert evals[step] == pytest.approx(value, abs=1e-5), (mode, step)
+    state = json.loads((folder / mode / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["world"] == 2 and len(state["rng"]["ranks"]) == 2
+    a = GPT2LMHeadModel.from_pretrained(folder / "single").state_dict()
+    b = GPT2LMHeadModel.from_pretrained(folder / mode).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_fsdp_resumes_from_its_checkpoint_with_the_same_losses(folder, single):
+    """The gathered full optimizer state of checkpoint-2 is sharded again on load: updates 3-4 as uninterrupted."""
+    if not (folder / "fsdp" / "checkpoint-2").is_dir():
+        run(folder, options(folder, "fsdp", distributed="fsdp"), 2)
+    out = folder / "fsdp_resumed"
+    out.mkdir()
+    shutil.copytree(folder / "fsdp" / "checkpoint-2", out / "checkpoint-2")
+    run(folder, options(folder, "fsdp_resumed", distributed="fsdp", resume=True), 2)
+    losses, evals = records(out)
+    full_losses, full_evals = records(folder / "fsdp")
+    assert sorted(losses) == [3, 4]
+    for step in (3, 4):
+        assert losses[step] == pytest.approx(full_losses[step], abs=1e-6)
+    assert evals[4] == pytest.approx(full_evals[4], abs=1e-6)
