@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(sub) -> None:
-    from .common.training import FRAMEWORKS, PRECISIONS, TrainArgs
+    from .common.training import DISTRIBUTED, FRAMEWORKS, PRECISIONS, TrainArgs
 
     defaults = TrainArgs(framework="torch", data="", out="")
     train = sub.add_parser(
@@ -123,6 +123,8 @@ def _train_parser(sub) -> None:
     add("--seed", type=int, default=defaults.seed, metavar="S", help="data order, initialisation, dropout "
         "(default %(default)s)")
     add("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    add("--distributed", choices=DISTRIBUTED, default=defaults.distributed,
+        help="torch under torchrun: DistributedDataParallel or FSDP2 (default %(default)s)")
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 

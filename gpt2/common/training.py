@@ -66,6 +66,7 @@ from .data import (Batches, TokenFile, check_block_size, check_divides, eval_bat
 
 FRAMEWORKS = ("torch", "tf", "flax")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")  # torch only: how a torchrun job spreads the model
 STATE_NAME = "trainer_state.json"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -92,7 +93,9 @@ class TrainArgs:
     fp16 (autocast + loss scaling; GPU only).  eval_every / save_every / log_every: in updates (0: eval and save only
     at the end).  eval_batches: validation batches per evaluation.  keep_checkpoints: how many checkpoint folders to
     keep (0: all).  val_fraction: the held-out share of blocks when no val_data.  seed: data order, initialisation,
-    dropout.  resume: continue from the newest checkpoint in ``out``.  progress: the tqdm bar.
+    dropout.  resume: continue from the newest checkpoint in ``out``.  progress: the tqdm bar.  distributed: how
+    torch spreads a torchrun job: "ddp" (DistributedDataParallel) or "fsdp" (FSDP2's fully_shard); TF and JAX have
+    their own engines (MirroredStrategy, a Mesh) and refuse "fsdp".
     """
 
     framework: str
@@ -124,6 +127,7 @@ class TrainArgs:
     seed: int = 0
     resume: bool = False
     progress: bool = True
+    distributed: str = "ddp"
 
     def validate(self) -> "TrainArgs":
         """Check every option; ValueError / TypeError naming the option (as its command-line flag). Returns self."""
@@ -155,6 +159,11 @@ class TrainArgs:
         _number(self, "val_fraction", low=0, high=1, low_open=True, high_open=True)
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"--distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        if self.distributed == "fsdp" and self.framework != "torch":
+            raise ValueError(f"--distributed fsdp is PyTorch's FSDP2; --framework {self.framework} spreads a run with "
+                             f"its own engine ({'MirroredStrategy' if self.framework == 'tf' else 'a jax Mesh'})")
         for name in ("resume", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{_flag(name)} must be True or False, got {getattr(self, name)!r}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import math
 import os
 from pathlib import Path
@@ -37,7 +36,6 @@ from ..common import training
 from .heads import GPT2LMHeadModel
 
 OPTIMIZER_NAME = "optimizer.pt"  # AdamW's state (by parameter name), the GradScaler's, in every checkpoint folder
-DISTRIBUTED = ("ddp", "fsdp")
 
 
 # -- public ------------------------------------------------------------------------------------------------------------
@@ -53,12 +51,7 @@ def train(**options) -> dict:
     if options["framework"] != "torch":
         raise ValueError(f"gpt2.torch.train.train() trains with torch; got framework={options['framework']!r} (use "
                          f"gpt2.common.training.train for another framework)")
-    fields = {f.name for f in dataclasses.fields(training.TrainArgs)}
-    distributed = options.pop("distributed", None) if "distributed" not in fields else None
-    args = training.TrainArgs(**options)
-    if distributed is not None:  # TrainArgs has no such field yet: carried as an attribute
-        args.distributed = distributed
-    return train_from_args(args)
+    return train_from_args(training.TrainArgs(**options))
 
 
 def train_from_args(args: training.TrainArgs) -> dict:
@@ -68,9 +61,7 @@ def train_from_args(args: training.TrainArgs) -> dict:
     args.validate()
     if args.framework != "torch":
         raise ValueError(f"--framework {args.framework}: this is the torch trainer")
-    mode = getattr(args, "distributed", None) or "ddp"
-    if mode not in DISTRIBUTED:
-        raise ValueError(f"--distributed must be one of {', '.join(DISTRIBUTED)}, got {mode!r}")
+    mode = args.distributed
     started = _init_distributed()
     try:
         return _train(args, mode)
