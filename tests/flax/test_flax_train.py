@@ -157,3 +157,18 @@ def test_bad_options_are_refused_by_name(tmp_path, config_file):
     with pytest.raises(ValueError, match="--block-size 64 is above the model's n_positions 32"):
         train(**{**base, "block_size": 64})
     assert not (tmp_path / "out").exists()  # nothing was written by a refused run
+
+
+def test_bf16_is_mixed_precision(reference, config_file, tmp_path):
+    """bfloat16 computation, float32 weights: the first loss (before any update: the same weights, data and dropout
+    as the float32 run) is close to float32's but not equal; the saved weights are float32."""
+    from gpt2.common.training import read_state
+    from gpt2.flax.train import train
+
+    out = tmp_path / "bf16"
+    summary = train(config=config_file, out=str(out), **{**OPTIONS, "steps": 2, "precision": "bf16"})
+    first, reference_first = summary["losses"][1], reference["losses"][1]
+    assert first != reference_first and abs(first - reference_first) < 0.05
+    assert np.isfinite(summary["eval_loss"])
+    assert {a.dtype for a in _weights(out).values()} == {np.dtype("float32")}
+    assert read_state(out)["args"]["precision"] == "bf16"
