@@ -1,7 +1,8 @@
 """Where a model's files are: a local folder, the local Hugging Face cache, or (optionally) a download.
 
 ``resolve_file(name_or_path, filename)`` answers with a local path or None. The order is the one transformers users
-know: a local folder of that name wins; then a snapshot in the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or
+know: a local folder of that name wins; then the model shipped in the package (``common.embedded``: its name only,
+offline); then a snapshot in the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or
 ~/.cache/huggingface/hub, read offline); then, only when huggingface_hub is installed and neither HF_HUB_OFFLINE nor
 TRANSFORMERS_OFFLINE is set, a download into that cache. Environment variables are read at call time.
 """
@@ -15,6 +16,8 @@ import socket
 import tempfile
 from urllib.parse import urlparse
 from pathlib import Path
+
+from . import embedded
 
 _TRUTHY = {"1", "true", "yes", "on"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -166,6 +169,10 @@ def resolve_file(
     if folder is not None:
         path = folder / filename
         return path if path.is_file() else None
+    folder = embedded.folder(name_or_path)
+    if folder is not None:  # the package's own model: authoritative like a local folder, never a hub lookup
+        path = folder / filename
+        return path if path.is_file() else None
     name = str(name_or_path)
     snapshot = cached_snapshot(name, revision, cache_dir)
     if snapshot is not None:
@@ -204,6 +211,8 @@ def describe_lookup(name_or_path: str | os.PathLike, cache_dir=None) -> str:
     """Where resolve_file looked, for error messages."""
     if local_folder(name_or_path) is not None:
         return f"the folder {str(name_or_path)!r}"
+    if embedded.folder(name_or_path) is not None:
+        return f"the model shipped in the package ({str(embedded.FOLDER)!r})"
     where = f"no model folder {str(name_or_path)!r}, the Hugging Face cache {str(hub_cache_dir(cache_dir))!r}"
     if not looks_like_repo_id(str(name_or_path)):
         return where
