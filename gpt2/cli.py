@@ -1,13 +1,16 @@
-"""The ``gpt2`` command: ``gpt2 convert SRC DST --to FORMAT``, ``gpt2 train ...``, ``gpt2 demo``.
+"""The ``gpt2`` command: ``gpt2 generate PROMPT...``, ``gpt2 score FILE...``, ``gpt2 info MODEL``,
+``gpt2 convert SRC DST --to FORMAT``, ``gpt2 train ...``, ``gpt2 demo`` (the work: gpt2/commands.py, gpt2/demo.py).
 
 Exit code 0 on success; on failure one line ``gpt2: error: ...`` on stderr and a non-zero code. The exit code is
 the work's: the report on stdout is written best-effort, so ``gpt2 convert ... | head -0`` (a closed pipe) still
-exits 0 when every file was written.
+exits 0 when every file was written, and ``gpt2 generate ... | head -1`` exits 0 once its reader leaves. Usage
+errors (an unknown option, a bad value) are one line too, with exit code 2 (argparse's).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -17,40 +20,61 @@ _BIG = 50 * 2**20  # show a progress bar from this many bytes on
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, drawn only for big files and only on a terminal."""
+    """``convert``'s progress callback ``(phase, done_bytes, total_bytes)`` as tqdm bars on stderr, one per phase,
+    drawn only for big files and only on a terminal. Without tqdm (it comes with the ``train`` extra) there is no bar:
+    the conversion is the same."""
 
     def __init__(self, stream=None, width: int = 30) -> None:
         self.stream = stream or sys.stderr
         self.width = width
         self.phase = None
-        self.last = 0.0
+        self.bar = None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if total < _BIG or not self.stream.isatty():
+        if total < _BIG or self.stream is None:
             return
-        now = time.monotonic()
-        if phase == self.phase and done < total and now - self.last < 0.1:
-            return
-        self.phase, self.last = phase, now
-        frac = min(done / total, 1.0) if total else 1.0
-        bar = "#" * int(frac * self.width)
-        end = "\n" if done >= total else ""
         try:
-            self.stream.write(f"\r{phase:<28} [{bar:<{self.width}}] {done / 2**20:8.1f}/{total / 2**20:.1f} MiB{end}")
-            self.stream.flush()
+            if phase != self.phase:
+                self.close()
+                self.phase, self.bar = phase, self._open(phase, total)
+            if self.bar is None:
+                return
+            self.bar.update(min(done, total) - self.bar.n)
+            if done >= total:
+                self.close()
         except OSError:  # the terminal went away: the conversion goes on without a bar
-            self.width, self.stream = 0, _NoTerminal()
+            self.bar, self.stream = None, None
+
+    def _open(self, phase: str, total: int):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        # ascii: the bar reads the same on any terminal and in a log; unit_scale: sizes in MiB
+        return tqdm(total=total, desc=f"{phase:<28}", file=self.stream, ascii=True, disable=None, leave=True,
+                    unit_scale=1 / 2**20, bar_format="{desc} [{bar:%d}] {n:8.1f}/{total:.1f} MiB" % self.width)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            bar, self.bar = self.bar, None
+            bar.close()
 
 
-class _NoTerminal:
-    def isatty(self) -> bool:
-        return False
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, ``gpt2: error: ...`` (exit 2, argparse's code), pointing at --help."""
+
+    def error(self, message: str):
+        command = self.prog.split()
+        where = " ".join(command[1:])
+        hint = f" (see gpt2 {where + ' ' if where else ''}--help)"
+        self.exit(2, f"gpt2: error: {' '.join(message.split())}{hint}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .commands import FRAMEWORKS
     from .common.checkpoint import WRITABLE_FORMATS
 
-    parser = argparse.ArgumentParser(prog="gpt2", description="GPT-2 in PyTorch, TensorFlow and JAX/Flax.")
+    parser = _Parser(prog="gpt2", description="GPT-2 in PyTorch, TensorFlow and JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     conv = sub.add_parser(
         "convert",
@@ -67,11 +91,94 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch/tf output, e.g. 2GB")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.add_argument("--local-files-only", action="store_true", help="never download")
+    _generate_parser(sub)
+    _score_parser(sub)
+    info = sub.add_parser("info", help="what a model folder holds: config, parameters, formats, dtypes, size",
+                          description="Summarise a model (a folder, the embedded model's name, or a name in the "
+                          "Hugging Face cache): its config, parameter count, the weight formats in the folder with "
+                          "their dtypes (read from the files' headers where the format has them), and its size.")
+    info.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                      help=f"a model folder or name (default: {_default_name()})")
     _train_parser(sub)
-    demo = sub.add_parser("demo", help="a short tour: generate text, convert a checkpoint through every format")
-    demo.add_argument("--model", default=None, help="a model folder (any checkpoint format) to generate with")
-    demo.add_argument("--prompt", default="The quick brown fox", help="the prompt to continue")
+    demo = sub.add_parser("demo", help="a short tour: generate in each installed framework, convert a checkpoint "
+                          "through every format")
+    demo.add_argument("--model", default=None, help=f"a model folder or name (default: {_default_name()})")
+    demo.add_argument("--prompt", default="In the beginning", help="the prompt to continue (default %(default)r)")
+    demo.add_argument("--framework", action="append", choices=FRAMEWORKS, dest="frameworks",
+                      help="generate in this framework (repeat for several; default: each installed one)")
     return parser
+
+
+def _default_name() -> str:
+    from .commands import default_model
+
+    return default_model() or "none shipped: give one"
+
+
+def _model_options(parser) -> None:
+    from .commands import FRAMEWORKS
+
+    parser.add_argument("--model", metavar="NAME_OR_DIR", default=None,
+                        help=f"a model folder (any checkpoint format) or name (default: {_default_name()})")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="torch", help="the engine (default %(default)s)")
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole ' if kind is int else ''}number, got {text!r}")
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def _generate_parser(sub) -> None:
+    gen = sub.add_parser(
+        "generate", help="continue prompts with a GPT-2 (streamed on a terminal)",
+        description="Continue each PROMPT with the model and print the prompt followed by its continuation, token "
+        "by token on a terminal. Greedy by default; --do-sample with --temperature / --top-k / --top-p samples "
+        "(--seed makes it repeatable).")
+    gen.add_argument("prompts", nargs="+", metavar="PROMPT", help="text to continue (one generation each)")
+    _model_options(gen)
+    add = gen.add_argument
+    add("--max-new-tokens", type=_positive(int), default=50, metavar="N", help="tokens to add (default %(default)s)")
+    add("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    add("--temperature", type=_positive(float), metavar="T", help="divide the logits by T (with --do-sample)")
+    add("--top-k", type=_positive(int), metavar="K", help="sample among the K likeliest tokens (with --do-sample)")
+    add("--top-p", type=_probability, metavar="P", help="nucleus: the likeliest tokens holding P of the "
+        "probability (with --do-sample)")
+    add("--repetition-penalty", type=_positive(float), metavar="R", help="CTRL's penalty on tokens already present "
+        "(1.0: none)")
+    add("--seed", type=int, metavar="S", help="the sampling seed (default: a fresh one each run)")
+    add("--num-return-sequences", type=_positive(int), default=1, metavar="N",
+        help="texts per prompt (with --do-sample; default %(default)s)")
+
+
+def _score_parser(sub) -> None:
+    score = sub.add_parser(
+        "score", help="perplexity of text files (sliding window for long texts)",
+        description="The perplexity of each UTF-8 text FILE under the model: windows of --max-length tokens moved "
+        "by --stride, each token scored once with the window's earlier tokens as context (transformers' perplexity "
+        "guide). A lower stride gives each token more context and costs more forward passes.")
+    score.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
+    _model_options(score)
+    score.add_argument("--max-length", type=_positive(int), metavar="L",
+                       help="tokens per window (default: the model's n_positions)")
+    score.add_argument("--stride", type=_positive(int), metavar="S", help="tokens each window moves on "
+                       "(default: half of --max-length)")
+    score.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _train_parser(sub) -> None:
@@ -149,6 +256,54 @@ def _train(args) -> int:
     return 0
 
 
+def _note(text: str) -> None:
+    _error(f"gpt2: note: {text}")
+
+
+def _quiet_tensorflow(framework: str) -> None:
+    """TensorFlow's C++ start-up chatter (CPU instructions, plugins) on stderr is not the command's output."""
+    if framework == "tf":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _generate(args) -> int:
+    from .commands import generate
+
+    _quiet_tensorflow(args.framework)
+    try:
+        generate(args.prompts, model=args.model, framework=args.framework, max_new_tokens=args.max_new_tokens,
+                 do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 repetition_penalty=args.repetition_penalty, seed=args.seed,
+                 num_return_sequences=args.num_return_sequences, note=_note)
+    except BrokenPipeError:  # the reader took what it wanted (`gpt2 generate ... | head -1`): not a failure
+        _silence_stdout()
+    return 0
+
+
+def _score(args) -> int:
+    from .commands import score
+
+    _quiet_tensorflow(args.framework)
+    results = score(args.files, model=args.model, framework=args.framework, max_length=args.max_length,
+                    stride=args.stride, progress=None if args.progress else False, note=_note)
+    width = max(len(r.path) for r in results)
+    lines = [f"{r.path:<{width}}  perplexity {r.perplexity:10.3f}  ({r.tokens} tokens scored, {r.windows} "
+             f"window{'s' * (r.windows != 1)}, {r.mean_nll:.4f} nats/token)" for r in results]
+    if len(results) > 1:
+        nll, tokens = sum(r.nll for r in results), sum(r.tokens for r in results)
+        lines.append(f"{'all':<{width}}  perplexity {math.exp(nll / tokens):10.3f}  ({tokens} tokens "
+                     f"scored, {nll / tokens:.4f} nats/token)")
+    _report(lines)
+    return 0
+
+
+def _info(args) -> int:
+    from .commands import format_info, info
+
+    _report(format_info(info(args.model)))
+    return 0
+
+
 def _convert(args) -> int:
     from .common.convert import convert
 
@@ -201,15 +356,25 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .commands import FRAMEWORKS
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "convert":
             return _convert(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "score":
+            return _score(args)
+        if args.command == "info":
+            return _info(args)
         from .demo import run_demo
 
-        return run_demo(args.model, args.prompt)
+        frameworks = tuple(args.frameworks or FRAMEWORKS)
+        _quiet_tensorflow("tf" if "tf" in frameworks else "")
+        return run_demo(args.model, args.prompt, frameworks)
     except MemoryError:
         _error("gpt2: error: out of memory (the checkpoint does not fit; try a machine with more memory)")
         return 1

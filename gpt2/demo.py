@@ -1,13 +1,15 @@
-"""``gpt2 demo``: what the package does today, end to end (no download needed).
+"""``gpt2 demo`` (and ``make demo``): what the package does, end to end, offline.
 
-1. Text generation with PyTorch: ``--model DIR`` (any checkpoint format, e.g. converted GPT-2 weights) or, without
-   one, a tiny random GPT-2 with the real vocabulary (its text is noise, but every step is the real one).
+1. Text generation in each installed framework (PyTorch, TensorFlow, JAX/Flax) with the model the package ships
+   (``gpt2-tiny-kjv``, see gpt2/data/gpt2-tiny-kjv/README.md) or ``--model`` (a folder in any checkpoint format, or
+   a name): the same greedy text three times, streamed on a terminal.
 2. A checkpoint tour: a random GPT-2 converted through every format the package writes, each result read back and
    checked bit for bit.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -18,47 +20,50 @@ from .common.checkpoint import WRITABLE_FORMATS, all_shapes, load_checkpoint, sa
 from .common.config import GPT2Config
 from .common.convert import convert
 
+_NAMES = {"torch": "PyTorch", "tf": "TensorFlow", "flax": "JAX/Flax"}
+_MODULES = {"torch": "torch", "tf": "tensorflow", "flax": "flax"}
 
-def random_state(config: GPT2Config, seed: int = 0, heads: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """A random canonical state for ``config`` (trunk, plus the tensors of ``heads`` such as "score")."""
+
+def random_state(config: GPT2Config, seed: int = 0, heads: tuple[str, ...] = (), std: float = 0.02
+                 ) -> dict[str, np.ndarray]:
+    """A random canonical state for ``config`` (trunk, plus the tensors of ``heads`` such as "score"): normal
+    values of standard deviation ``std`` (GPT-2's initializer_range by default; larger gives peakier logits)."""
     rng = np.random.default_rng(seed)
     shapes = trunk_shapes(config)
     shapes.update({n: s for n, s in all_shapes(config).items() if n.split(".")[0] in heads})
-    return {n: (rng.standard_normal(s) * 0.02).astype(np.float32) for n, s in shapes.items()}
+    return {n: (rng.standard_normal(s) * std).astype(np.float32) for n, s in shapes.items()}
 
 
-def generate_text(model_path: str | None, prompt: str, max_new_tokens: int = 30) -> None:
-    import torch
+def installed(framework: str) -> bool:
+    return importlib.util.find_spec(_MODULES[framework]) is not None
 
-    from .common.tokenizer_fast import GPT2TokenizerFast
-    from .torch import GPT2LMHeadModel, TextStreamer
 
-    has_vocab = model_path is not None and (Path(model_path) / "vocab.json").is_file()
-    tok = GPT2TokenizerFast.from_pretrained(model_path if has_vocab else "gpt2")  # else OpenAI's, shipped
-    if model_path:
-        model = GPT2LMHeadModel.from_pretrained(model_path)
-        print(f"generating with {model_path} ({model.num_parameters() / 1e6:.0f}M parameters):")
+def generate_text(model: str, prompt: str, framework: str, max_new_tokens: int = 30) -> None:
+    """Greedy text from ``model`` in ``framework``, streamed on a terminal, then the tokens and time it took."""
+    from .commands import generate
+
+    print(f"generating with {model} in {_NAMES[framework]}:", flush=True)
+    result = generate([prompt], model=model, framework=framework, max_new_tokens=max_new_tokens,
+                      note=lambda text: print(f"({text})"))[0]
+    print(f"({result.new_tokens[0]} tokens in {result.seconds:.2f}s, greedy)\n", flush=True)
+
+
+def run_demo(model_path: str | None = None, prompt: str = "In the beginning",
+             frameworks: tuple[str, ...] = ("torch", "tf", "flax")) -> int:
+    from .commands import default_model
+
+    model = model_path or default_model()
+    if model is None:
+        print("(text generation skipped: this package ships no model; pass --model FOLDER_OR_NAME)\n")
     else:
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, initializer_range=0.2)).eval()
-        print("generating with a tiny random GPT-2 (real vocabulary, random weights: the text is noise; "
-              "pass --model DIR for real weights):")
-    inputs = tok(prompt, return_tensors="pt")
-    start = time.perf_counter()
-    ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id,
-                         streamer=TextStreamer(tok))
-    new = ids.shape[1] - inputs["input_ids"].shape[1]
-    print(f"({new} tokens in {time.perf_counter() - start:.2f}s, greedy)\n")
-
-
-def run_demo(model_path: str | None = None, prompt: str = "The quick brown fox") -> int:
-    if _has_torch():
-        generate_text(model_path, prompt)
-    else:
-        print("(text generation skipped: PyTorch is not installed)\n")
+        for framework in frameworks:
+            if installed(framework):
+                generate_text(str(model), prompt, framework)
+            else:
+                print(f"(generation in {_NAMES[framework]} skipped: it is not installed)\n")
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128)
     state = random_state(config)
-    formats = [f for f in WRITABLE_FORMATS if f != "pytorch" or _has_torch()]
+    formats = [f for f in WRITABLE_FORMATS if f != "pytorch" or installed("torch")]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "start"
         save_checkpoint(state, src, config, format="safetensors")
@@ -80,11 +85,3 @@ def run_demo(model_path: str | None = None, prompt: str = "The quick brown fox")
         print("(pytorch_model.bin skipped: PyTorch is not installed)")
     print("every format round-tripped exactly")
     return 0
-
-
-def _has_torch() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
