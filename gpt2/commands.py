@@ -397,10 +397,7 @@ def model_folder(model: str) -> Path:
 
     if hub.local_folder(model) is not None:
         return Path(model)
-    path = Path(model)
-    if path.is_dir():
-        raise FileNotFoundError(f"{model}: no model files in this folder (config.json, weights, vocabulary)")
-    _, main = resolve_checkpoint(model, local_files_only=True)
+    _, main = resolve_checkpoint(model, local_files_only=True)  # a folder without model files names no model
     return main.parent
 
 
@@ -431,6 +428,7 @@ def info(model: str | None = None) -> ModelInfo:
 
 
 def _format_info(fmt: str, main: Path) -> FormatInfo:
+    from .common.formats.canonical import CheckpointError
     files = _weight_files(fmt, main)
     size = sum(p.stat().st_size for p in files)
     dtypes: dict[str, int] = {}
@@ -441,6 +439,11 @@ def _format_info(fmt: str, main: Path) -> FormatInfo:
             count += 1
     except ImportError as e:
         return FormatInfo(fmt, files, size, None, {}, note=str(e).split(":")[0])
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors, h5py and torch report damaged files each their own way
+        raise CheckpointError(f"{main}: not a readable {fmt} weights file ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None
     return FormatInfo(fmt, files, size, count, dtypes)
 
 
