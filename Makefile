@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
+# Greedy text from the model the package ships (gpt2-tiny-kjv) in each installed framework, then a checkpoint
+# conversion tour through every format. make demo PROMPT="And God said"
+PROMPT ?= In the beginning
 demo: $(STAMP)
-	$(PY) -m gpt2 demo
+	$(PY) -m gpt2 demo --prompt "$(PROMPT)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

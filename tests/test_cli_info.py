@@ -4,6 +4,8 @@ files' headers, nothing loaded through the checkpoint reader), the size on disk;
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -134,3 +136,12 @@ def test_bad_input_is_one_line(folder, tmp_path, capsys):
     (folder / "model.safetensors").unlink()
     # config.json left: a model folder without weights
     assert "no weights in" in one_line_error(capsys, str(folder))
+
+
+def test_the_commands_import_no_framework():
+    """`gpt2 info` and the other commands' module stay numpy-level until a framework is asked for."""
+    code = ("import sys, gpt2.commands, gpt2.demo, gpt2.cli\n"
+            "gpt2.cli._parser()\n"
+            "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
