@@ -232,6 +232,8 @@ def _isatty(stream) -> bool:
 
 
 def _write(stream, text: str) -> None:
+    if stream is None:  # started with stdout closed (`gpt2 generate ... >&-`): nobody reads the text
+        return
     stream.write(text)
     stream.flush()
 

@@ -100,6 +100,22 @@ def test_sampling_is_repeatable_with_a_seed(model, capsys):
     assert other != out
 
 
+def test_a_reader_that_leaves_or_no_stdout_is_not_a_failure(model, capsys, monkeypatch):
+    """`gpt2 generate ... | head -1` and `gpt2 generate ... >&-`: exit 0, nothing on stderr."""
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    for stdout in (Gone(), None):
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["generate", "Hello", "--model", model, "--max-new-tokens", "3"]) == 0
+        monkeypatch.undo()
+        assert capsys.readouterr().err == ""
+
+
 def test_generate_returns_each_prompts_texts_and_new_tokens(model):
     out = io.StringIO()
     results = generate(["A", "B C"], model=model, max_new_tokens=5, out=out)
