@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="gpt2", description="GPT-2 in PyTorch, TensorFlow and JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _generate_parser(sub)
+    _score_parser(sub)
+    info = sub.add_parser("info", help="what a model folder holds: config, parameters, formats, dtypes, size",
+                          description="Summarise a model (a folder, the embedded model's name, or a name in the "
+                          "Hugging Face cache): its config, parameter count, the weight formats in the folder with "
+                          "their dtypes (read from the files' headers where the format has them), and its size.")
+    info.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                      help=f"a model folder or name (default: {_default_name()})")
     conv = sub.add_parser(
         "convert",
         help="convert a checkpoint between formats",
@@ -91,14 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--max-shard-size", default=None, help="shard safetensors/pytorch/tf output, e.g. 2GB")
     conv.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     conv.add_argument("--local-files-only", action="store_true", help="never download")
-    _generate_parser(sub)
-    _score_parser(sub)
-    info = sub.add_parser("info", help="what a model folder holds: config, parameters, formats, dtypes, size",
-                          description="Summarise a model (a folder, the embedded model's name, or a name in the "
-                          "Hugging Face cache): its config, parameter count, the weight formats in the folder with "
-                          "their dtypes (read from the files' headers where the format has them), and its size.")
-    info.add_argument("model", metavar="MODEL", nargs="?", default=None,
-                      help=f"a model folder or name (default: {_default_name()})")
     _train_parser(sub)
     demo = sub.add_parser("demo", help="a short tour: generate in each installed framework, convert a checkpoint "
                           "through every format")
