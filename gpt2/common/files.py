@@ -227,7 +227,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Make renames and removals in ``folder`` durable (a power cut must not reorder them); not every OS can."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -330,9 +330,9 @@ class FolderWrite:
             if not changed:
                 marker.unlink(missing_ok=True)
             raise
-        _sync_folder(self.folder)
+        sync_folder(self.folder)
         marker.unlink()
-        _sync_folder(self.folder)
+        sync_folder(self.folder)
 
     def _claim(self, marker: Path) -> None:
         """Write the marker, exclusively: a live save's marker is an error; a dead one's is taken over."""
@@ -353,7 +353,7 @@ class FolderWrite:
                                       f"{other['host']}, started {other['started']}) is writing into this folder; "
                                       f"save again when it has finished (or delete {marker} if none runs)") from None
                     os.replace(tmp, marker)  # an interrupted save's marker: this save completes the folder
-            _sync_folder(self.folder)  # the marker is on disk before any rename
+            sync_folder(self.folder)  # the marker is on disk before any rename
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()

@@ -329,7 +329,7 @@ def save_checkpoint(out: str | os.PathLike, step: int, write: Callable[[Path], A
     try:
         write(tmp)
         files.write_text(tmp / STATE_NAME, json.dumps({**state, "step": int(step)}, indent=1) + "\n")
-        files._sync_folder(tmp)
+        files.sync_folder(tmp)
         if final.exists():  # the same step saved again (a resumed run): swap, never a moment without one
             old = out / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             os.rename(final, old)
@@ -337,7 +337,7 @@ def save_checkpoint(out: str | os.PathLike, step: int, write: Callable[[Path], A
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-        files._sync_folder(out)
+        files.sync_folder(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

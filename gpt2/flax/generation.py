@@ -68,7 +68,7 @@ from .beam_search import beam_search
 from .cache import KVCache
 from .logits_process import build_processors, record_step, run_processors, sample
 from .model import is_concrete, mask_value, scores_dtype
-from .pretrained import _Frozen
+from .pretrained import hold
 from .sharding import DATA, model_mesh, shard_batch, shard_cache
 from .stopping import Stop
 
@@ -194,21 +194,21 @@ def prefill(model, ids, mask, capacity: int, embeds=None, types=None, mesh=None)
 
 # -- generate() ------------------------------------------------------------------------------------------------------
 class _GenerationConfigHolder(loading.GenerativeModel):
-    """``generation_config`` kept in a ``_Frozen`` holder: an NNX module's plain attributes go into its GraphDef,
+    """``generation_config`` kept in a holder (pretrained.hold): an NNX module's plain attributes go into its GraphDef,
     which must hash, and a GenerationConfig does not (the same reason as the model config, pretrained.py)."""
 
     @property
     def generation_config(self) -> GenerationConfig:
         holder = self.__dict__.get("_generation_config")
         if holder is None:
-            holder = self.__dict__["_generation_config"] = _Frozen(GenerationConfig.from_model_config(self.config))
+            holder = self.__dict__["_generation_config"] = hold(GenerationConfig.from_model_config(self.config))
         return holder.value
 
     @generation_config.setter
     def generation_config(self, value: GenerationConfig) -> None:
         if not isinstance(value, GenerationConfig):
             raise TypeError(f"generation_config must be a GenerationConfig, got {type(value).__name__}")
-        self.__dict__["_generation_config"] = _Frozen(value)
+        self.__dict__["_generation_config"] = hold(value)
 
 
 class GenerationMixin(_GenerationConfigHolder):

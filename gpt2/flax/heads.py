@@ -29,7 +29,8 @@ from ..common.outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from .model import FlaxGPT2Model, _DropoutKeys, _dropout, _refuse_outside, annotated, as_array, identity, is_concrete
+from .model import (FlaxGPT2Model, annotated, apply_dropout, as_array, identity, is_concrete, key_stream,
+                    refuse_outside)
 from .generation import GenerationMixin
 from .pretrained import FlaxGPT2PreTrainedModel
 
@@ -62,7 +63,7 @@ def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def _refuse_labels(values, *, size: int, name: str, what: str) -> None:
     values = np.asarray(values)
-    _refuse_outside(values[values != IGNORE_INDEX], size=size, name=name, what=what)
+    refuse_outside(values[values != IGNORE_INDEX], size=size, name=name, what=what)
 
 
 def check_labels(labels, size: int, name: str, what: str) -> jax.Array:
@@ -82,13 +83,13 @@ def _check_index(index, size: int, name: str) -> None:
     """Indices into a length-``size`` axis, refused outside [0, size) (a host read, or a callback when traced)."""
     what = f"the sequence (length {size})"
     if is_concrete(index):
-        _refuse_outside(index, size=size, name=name, what=what)
+        refuse_outside(index, size=size, name=name, what=what)
     else:
-        jax.debug.callback(partial(_refuse_outside, size=size, name=name, what=what), index)
+        jax.debug.callback(partial(refuse_outside, size=size, name=name, what=what), index)
 
 
 def _head_keys(dropout_rng, train: bool, rate: float, name: str):
-    """(the trunk's dropout_rng, this head's _DropoutKeys or None): two independent streams split from one key, so
+    """(the trunk's dropout_rng, this head's key stream or None): two independent streams split from one key, so
     that the head's masks never repeat the trunk's."""
     if not train or not rate:
         return dropout_rng, None
@@ -96,7 +97,7 @@ def _head_keys(dropout_rng, train: bool, rate: float, name: str):
         raise ValueError(f"train=True runs the {name} dropout (rate {rate}), which needs "
                          f"dropout_rng=jax.random.key(...)")
     trunk, head = jax.random.split(dropout_rng)
-    return trunk, _DropoutKeys(head)
+    return trunk, key_stream(head)
 
 
 def _linear(n_in: int, n_out: int, config, *, kind: str, use_bias: bool = True, dtype, param_dtype,
@@ -201,7 +202,7 @@ class SequenceSummary(nnx.Module):
         self.first_dropout = nnx.Dropout(config.summary_first_dropout)
         self.last_dropout = nnx.Dropout(getattr(config, "summary_last_dropout", 0.0) or 0.0)
 
-    def __call__(self, hidden_states: jax.Array, cls_index=None, *, rng: _DropoutKeys | None = None) -> jax.Array:
+    def __call__(self, hidden_states: jax.Array, cls_index=None, *, rng=None) -> jax.Array:
         # hidden_states (..., T, C) -> (..., C)
         if self.summary_type == "last":
             x = hidden_states[..., -1, :]
@@ -219,8 +220,8 @@ class SequenceSummary(nnx.Module):
                                  f"{tuple(cls_index.shape)}")
             _check_index(cls_index, T, "mc_token_ids")
             x = jnp.take_along_axis(hidden_states, cls_index[..., None, None], axis=-2)[..., 0, :]
-        x = _dropout(self.first_dropout, x, rng)
-        return _dropout(self.last_dropout, self.activation(self.summary(x)), rng)
+        x = apply_dropout(self.first_dropout, x, rng)
+        return apply_dropout(self.last_dropout, self.activation(self.summary(x)), rng)
 
 
 class FlaxGPT2DoubleHeadsModel(GenerationMixin, FlaxGPT2PreTrainedModel):
@@ -351,7 +352,7 @@ class FlaxGPT2ForTokenClassification(FlaxGPT2PreTrainedModel):
         out = _trunk(self, input_ids, attention_mask, position_ids, past_key_values, dropout_rng, train,
                      output_attentions, output_hidden_states, token_type_ids=token_type_ids, head_mask=head_mask,
                      inputs_embeds=inputs_embeds, use_cache=use_cache)
-        logits = self.classifier(_dropout(self.dropout, out.last_hidden_state, rng))  # (B, T, num_labels)
+        logits = self.classifier(apply_dropout(self.dropout, out.last_hidden_state, rng))  # (B, T, num_labels)
         loss = cross_entropy(logits, labels) if labels is not None else None
         result = TokenClassifierOutput(loss, logits, out.hidden_states, out.attentions)
         return result if _return_dict(self, return_dict) else result.to_tuple()

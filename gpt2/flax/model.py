@@ -159,7 +159,12 @@ def dropout_keys(dropout_rng, train: bool, config) -> _DropoutKeys | None:
     return _DropoutKeys(dropout_rng)
 
 
-def _dropout(layer: nnx.Dropout, x: jax.Array, rng) -> jax.Array:
+def key_stream(key: jax.Array) -> _DropoutKeys:
+    """A stream of dropout keys from ``key`` (a head's own dropout: heads.py), as ``dropout_keys`` gives the trunk."""
+    return _DropoutKeys(key)
+
+
+def apply_dropout(layer: nnx.Dropout, x: jax.Array, rng) -> jax.Array:
     """``layer`` in training (a key from the stream) or the identity (no stream: inference)."""
     return x if rng is None else layer(x, deterministic=False, rngs=rng())
 
@@ -215,7 +220,7 @@ class Attention(nnx.Module):
         y, probs = eager_attention(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale,
                                    dropout=self.attn_dropout, head_mask=head_mask, upcast=self.upcast, rng=rng)
         y = jnp.swapaxes(y, 1, 2).reshape(B, T, C)  # (B, T, C)
-        return _dropout(self.resid_dropout, self.c_proj(y), rng), probs if output_attentions else None
+        return apply_dropout(self.resid_dropout, self.c_proj(y), rng), probs if output_attentions else None
 
 
 class MLP(nnx.Module):
@@ -228,7 +233,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(config.resid_pdrop)
 
     def __call__(self, x: jax.Array, *, rng: _DropoutKeys | None = None) -> jax.Array:
-        return _dropout(self.dropout, self.c_proj(self.act(self.c_fc(x))), rng)
+        return apply_dropout(self.dropout, self.c_proj(self.act(self.c_fc(x))), rng)
 
 
 def layer_norm(C: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -370,7 +375,7 @@ class FlaxGPT2Model(FlaxGPT2PreTrainedModel):
         x = x + self.wpe(position_ids.reshape(-1, T))
         if token_type_ids is not None:  # GPT-2 embeds token types with the token table, as transformers does
             x = x + self.wte(token_type_ids.reshape(-1, T))
-        return _dropout(self.drop, x, rng)
+        return apply_dropout(self.drop, x, rng)
 
     def core(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_masks=None,
              encoder_hidden_states=None, encoder_mask=None, output_attentions=False, output_hidden_states=False,
@@ -515,7 +520,8 @@ def _block_output(kwargs, block, x):
     return block(x, **kwargs)[0]
 
 
-def _refuse_outside(values, *, size: int, name: str, what: str) -> None:
+def refuse_outside(values, *, size: int, name: str, what: str) -> None:
+    """ValueError naming the first value of ``values`` outside [0, size) (the host half of ``check_range``)."""
     values = np.asarray(values)
     if values.size:
         low, high = int(values.min()), int(values.max())
@@ -528,6 +534,6 @@ def check_range(ids, size: int, name: str, what: str) -> None:
     on the host; under jax.jit a host callback fails the computation with the same message (generate() checks its
     inputs before tracing, so its compiled loop carries none)."""
     if is_concrete(ids):
-        _refuse_outside(ids, size=size, name=name, what=what)
+        refuse_outside(ids, size=size, name=name, what=what)
     else:
-        jax.debug.callback(partial(_refuse_outside, size=size, name=name, what=what), ids)
+        jax.debug.callback(partial(refuse_outside, size=size, name=name, what=what), ids)

@@ -62,6 +62,12 @@ class _Frozen:
         self.value = value
 
 
+def hold(value) -> _Frozen:
+    """``value`` in a holder hashed by identity (``.value`` reads it): how a module keeps a mutable object (the
+    config; generation.py's generation_config) among its static attributes."""
+    return _Frozen(value)
+
+
 class _ConfigAttribute:
     """``model.config``: the model's GPT2Config (read and written as a plain attribute), stored in a ``_Frozen``."""
 
@@ -69,7 +75,7 @@ class _ConfigAttribute:
         return self if obj is None else obj._config.value
 
     def __set__(self, obj, config) -> None:
-        obj._config = _Frozen(config)
+        obj._config = hold(config)
 
 
 class FlaxGPT2PreTrainedModel(nnx.Module):
