@@ -207,3 +207,11 @@ def test_nll_is_computed_in_float64():
     logits = np.array([[1000.0, 0.0], [0.0, 1000.0], [0.0, 0.0]], np.float32)  # exp overflows without the shift
     total, count = window_nll(logits, np.array([0, 1, 0]), new=3)
     assert count == 2 and total == pytest.approx(2000.0, abs=1e-9)  # log(1 + e^-1000) vanishes
+
+
+def test_the_shipped_model_by_default(tmp_path, capsys):
+    """No --model: the shipped model, which has learned the King James text (uniform guessing would give 50257)."""
+    (tmp_path / "genesis.txt").write_text(GENESIS.read_text()[:3000])
+    assert main(["score", str(tmp_path / "genesis.txt")]) == 0
+    line = capsys.readouterr().out
+    assert float(line.split("perplexity")[1].split()[0]) < 1000, line
