@@ -24,6 +24,15 @@ def has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def pytest_configure(config) -> None:
+    """One torch thread per test process: the suite runs two xdist workers on two cores, and two threads each
+    oversubscribe them (the torch-heavy tests ran about twice as long)."""
+    if has("torch"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 requires_torch = pytest.mark.skipif(not has("torch"), reason="PyTorch is not installed")
 requires_tf = pytest.mark.skipif(not has("tensorflow"), reason="TensorFlow is not installed")
 requires_flax = pytest.mark.skipif(not has("flax"), reason="Flax is not installed")
