@@ -193,11 +193,38 @@ def check_inputs_embeds(*, shape: tuple | None, dtype: str, floating: bool, n_em
         raise ValueError("give input_ids or inputs_embeds to generate(), not both")
 
 
-def check_token_type_ids(*, shape: tuple | None, ids_shape: tuple) -> None:
-    """token_type_ids: the prompt's shape (the model checks their range)."""
+def check_token_type_ids(*, shape: tuple | None, ids_shape: tuple, values=None, vocab_size: int | None = None) -> None:
+    """token_type_ids: the prompt's shape; with ``values`` (a numpy array, read on the host: the compiled loops of
+    TF and Flax gather with them unchecked) also integer ids in 0..vocab_size-1 -- GPT-2 embeds token types with
+    the token table. Without them, the model's own boundary checks the range (torch)."""
     if shape is None or tuple(shape) != tuple(ids_shape):
         raise ValueError(f"token_type_ids must be a tensor of the prompt's shape {tuple(ids_shape)}, got "
                          f"{tuple(shape or ())}")
+    if values is not None:
+        if values.dtype.kind not in "iu":
+            raise TypeError(f"token_type_ids must hold integer ids, got {values.dtype}")
+        if values.size and (int(values.min()) < 0 or int(values.max()) >= vocab_size):
+            raise ValueError(f"token_type_ids must be ids in 0..{vocab_size - 1} (GPT-2 embeds them with the token "
+                             f"table), got values {int(values.min())}..{int(values.max())}")
+
+
+# -- compiled loops (TF, Flax): the shapes they are specialised to ------------------------------------------------------
+SMALLEST_BUCKET = 8  # the smallest prompt bucket: prompts of 1..8 tokens share one compiled function
+
+
+def bucket(n: int) -> int:
+    """The power of two >= n (at least SMALLEST_BUCKET): prompt lengths and new-token counts come in few sizes, so
+    a compiled loop serves every length of its bucket."""
+    return max(SMALLEST_BUCKET, 1 << (int(n) - 1).bit_length())
+
+
+def hashable(v):
+    """Options (dicts, lists) as nested tuples: part of a compiled function's cache key."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, hashable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(hashable(x) for x in v)
+    return v
 
 
 # -- lengths, eos and padding -------------------------------------------------------------------------------------------

@@ -59,9 +59,9 @@ import numpy as np
 from flax import nnx
 
 from ..common import loading
-from ..common.decoding import (ProcessorSpec, StopStrings, check_attention_mask, check_inputs_embeds, check_options,
-                               check_prompt, check_token_range, check_token_type_ids, merge_settings, plan,
-                               processor_specs)
+from ..common.decoding import (ProcessorSpec, StopStrings, bucket, check_attention_mask, check_inputs_embeds,
+                               check_options, check_prompt, check_token_range, check_token_type_ids, hashable,
+                               merge_settings, plan, processor_specs)
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .beam_search import beam_search
@@ -78,7 +78,6 @@ TRACED_OPTIONS = ("min_length", "at_length", "start")
 # Float options traced as float32 scalars (a new temperature or top_p does not retrace). The decay penalty's factor
 # stays static: logits_process.py computes its log in float64 on the host, as torch does.
 TRACED_FLOATS = ("temperature", "penalty", "p", "min_p", "mass", "epsilon", "eta")
-SMALLEST_BUCKET = 8
 # Steps per compiled call between two visits of the host (stop strings, streamer): few enough that little is decoded
 # past a stop and tokens reach a streamer early, enough that the calls' overhead stays small against the steps' work.
 HOST_CHUNK = 8
@@ -346,27 +345,10 @@ def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, s
     types = None
     if token_type_ids is not None:
         types = np.asarray(token_type_ids)
-        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=ids.shape)
-        if types.dtype.kind not in "iu":
-            raise TypeError(f"token_type_ids must hold integer ids, got {types.dtype}")
-        if int(types.min()) < 0 or int(types.max()) >= V:  # GPT-2 embeds token types with the token table
-            raise ValueError(f"token_type_ids must be ids in 0..{V - 1} (GPT-2 embeds them with the token table), "
-                             f"got values {int(types.min())}..{int(types.max())}")
+        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=ids.shape, values=types,
+                             vocab_size=V)
         types = types.astype(np.int64)
     return ids.astype(np.int64), mask, embeds, types
-
-
-def _bucket(n: int) -> int:
-    """The power of two >= n (at least SMALLEST_BUCKET): prompt lengths and new-token counts come in few sizes."""
-    return max(SMALLEST_BUCKET, 1 << (int(n) - 1).bit_length())
-
-
-def _hashable(v):
-    if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_hashable(x) for x in v)
-    return v
 
 
 class _Static(NamedTuple):
@@ -394,7 +376,7 @@ def _static_specs(specs) -> tuple[tuple, list[int], list[float]]:
         numbers += [int(spec.options[k]) for k in ints]
         floats += [float(spec.options[k]) for k in reals]
         kept = {k: v for k, v in spec.options.items() if k not in ints + reals}
-        static.append((spec.name, _hashable(kept), ints, reals))
+        static.append((spec.name, hashable(kept), ints, reals))
     return tuple(static), numbers, floats
 
 
@@ -503,7 +485,7 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
                                     for x in (ids, mask, embeds, types))
     spec_key, numbers, floats = _static_specs(processor_specs(cfg, run, vocab_size=V))
     # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
-    P = _bucket(T)
+    P = bucket(T)
     shift = P - T
     ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
     mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
@@ -517,7 +499,7 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     # the first slot the caller, processors, stop strings and streamer see: the prompt's (shift), or with an
     # inputs_embeds prompt the first generated one (its slots hold no ids)
     start = shift + run.offset
-    static = _Static(capacity=P + _bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
+    static = _Static(capacity=P + bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
                      do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
                      num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
                      length_penalty=float(cfg.length_penalty),

@@ -52,9 +52,9 @@ import numpy as np
 import tensorflow as tf
 
 from ..common import loading
-from ..common.decoding import (Plan, StopStrings, check_attention_mask, check_inputs_embeds, check_options,
-                               check_prompt, check_token_range, check_token_type_ids, merge_settings, plan,
-                               processor_specs)
+from ..common.decoding import (Plan, StopStrings, bucket, check_attention_mask, check_inputs_embeds,
+                               check_options, check_prompt, check_token_range, check_token_type_ids, hashable,
+                               merge_settings, plan, processor_specs)
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .beam_search import beam_search
@@ -66,7 +66,6 @@ from .stopping import Stop
 # Processor options that depend on the prompt's length (min_length, forced eos, the decay start, begin-suppress):
 # traced scalars, so that a new prompt length in the same bucket does not retrace.
 TRACED_OPTIONS = ("min_length", "at_length", "start")
-SMALLEST_BUCKET = 8
 
 
 # -- the model behind generate() ------------------------------------------------------------------------------------
@@ -317,28 +316,10 @@ def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, s
     types = None
     if token_type_ids is not None:
         types = _host(token_type_ids)
-        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=shape)
-        if types.dtype.kind not in "iu":
-            raise TypeError(f"token_type_ids must hold integer ids, got {types.dtype}")
-        # GPT-2 embeds token types with the token table: a gather that TF would not range-check
-        if int(types.min()) < 0 or int(types.max()) >= V:
-            raise ValueError(f"token_type_ids must be ids in 0..{V - 1} (GPT-2 embeds them with the token table), "
-                             f"got values {int(types.min())}..{int(types.max())}")
+        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=shape, values=types,
+                             vocab_size=V)
         types = types.astype(np.int64)
     return ids.astype(np.int64), mask, embeds, types
-
-
-def _bucket(n: int) -> int:
-    """The power of two >= n (at least SMALLEST_BUCKET): prompt lengths and new-token counts come in few sizes."""
-    return max(SMALLEST_BUCKET, 1 << (int(n) - 1).bit_length())
-
-
-def _hashable(v):
-    if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_hashable(x) for x in v)
-    return v
 
 
 class _Static(NamedTuple):
@@ -363,7 +344,7 @@ def _static_specs(specs) -> tuple[tuple, list[int]]:
     for spec in specs:
         traced = tuple(k for k in TRACED_OPTIONS if spec.options.get(k) is not None)
         numbers += [int(spec.options[k]) for k in traced]
-        static.append((spec.name, _hashable({k: v for k, v in spec.options.items() if k not in traced}), traced))
+        static.append((spec.name, hashable({k: v for k, v in spec.options.items() if k not in traced}), traced))
     return tuple(static), numbers
 
 
@@ -414,7 +395,7 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     specs = processor_specs(cfg, run, vocab_size=V)
     spec_key, numbers = _static_specs(specs)
     # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
-    P = _bucket(T)
+    P = bucket(T)
     shift = P - T
     ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
     mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
@@ -428,7 +409,7 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     # the first slot the caller, processors, stop strings and streamer see: the prompt's (shift), or with an
     # inputs_embeds prompt the first generated one (its slots hold no ids)
     start = shift + run.offset
-    static = _Static(capacity=P + _bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
+    static = _Static(capacity=P + bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
                      do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
                      num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
                      length_penalty=float(cfg.length_penalty),

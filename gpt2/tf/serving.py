@@ -32,10 +32,8 @@ import os
 
 import tensorflow as tf
 
-from ..common.decoding import eos_ids, merge_settings, plan
+from ..common.decoding import SMALLEST_BUCKET, eos_ids, merge_settings, plan
 from .tokenizer import TFGPT2Tokenizer
-
-SMALLEST_BUCKET = 8  # the smallest prompt bucket (generation.py's rule)
 
 
 def prompt_buckets(max_prompt_length: int) -> list[int]:
