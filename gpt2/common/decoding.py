@@ -309,6 +309,18 @@ class Plan:
         return (not has_attention_mask and self.offset == 0 and self.pad is not None and self.pad not in self.eos)
 
 
+def infer_mask(run: Plan, ids, *, has_attention_mask: bool, from_embeds: bool) -> bool:
+    """transformers' padding rules for a prompt ``ids`` (B, T) (a numpy array or a tensor, on the host): warns when
+    a batch looks right-padded (GPT-2 needs left padding), and returns whether the attention mask is to be inferred
+    as ``ids != pad`` (``Plan.may_infer_mask`` and the prompt holds the padding id). Every framework's generate()
+    asks here, then builds the mask in its own arrays."""
+    pad = run.pad
+    if not from_embeds and pad is not None and ids.shape[0] > 1 and bool((ids[:, -1] == pad).any()):
+        warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
+                      stacklevel=4)  # generate() -> its helper -> here: the warning points at the caller
+    return run.may_infer_mask(has_attention_mask=has_attention_mask) and bool((ids == pad).any())
+
+
 def plan(cfg: GenerationConfig, *, input_length: int, max_positions: int | None, vocab_size: int,
          has_attention_mask: bool, from_embeds: bool = False) -> Plan:
     """eos and padding ids (a missing pad_token_id is the first eos id, with a warning, as transformers), rows per

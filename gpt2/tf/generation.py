@@ -54,7 +54,7 @@ import tensorflow as tf
 from ..common import loading
 from ..common.decoding import (Plan, StopStrings, bucket, check_attention_mask, check_inputs_embeds,
                                check_options, check_prompt, check_token_range, check_token_type_ids, hashable,
-                               merge_settings, plan, processor_specs)
+                               infer_mask, merge_settings, plan, processor_specs)
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from .beam_search import beam_search
@@ -380,13 +380,8 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
                has_attention_mask=mask is not None, from_embeds=embeds is not None)
     pad = run.pad
-    if run.may_infer_mask(has_attention_mask=mask is not None) and bool((ids == pad).any()):
+    if infer_mask(run, ids, has_attention_mask=mask is not None, from_embeds=embeds is not None):
         mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
-    if embeds is None and pad is not None and B > 1 and bool((ids[:, -1] == pad).any()):
-        import warnings
-
-        warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
-                      stacklevel=3)
     if mask is None:
         mask = np.ones_like(ids)
     if run.rows_per_prompt > 1:

@@ -20,15 +20,14 @@ ids written into a preallocated (B, max_length) tensor, ``torch.inference_mode``
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ..common import loading
 from ..common.decoding import (Plan, StepRecord, StopStrings, check_attention_mask, check_inputs_embeds,
-                               check_options, check_prompt, check_token_range, check_token_type_ids, merge_settings,
-                               plan, processor_specs)
+                               check_options, check_prompt, check_token_range, check_token_type_ids, infer_mask,
+                               merge_settings, plan, processor_specs)
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateDecoderOnlyOutput
 from ..common.streamers import BaseStreamer
@@ -263,11 +262,9 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, inputs
     run = plan(cfg, input_length=input_ids.shape[1], max_positions=model.config.n_positions, vocab_size=V,
                has_attention_mask=attention_mask is not None, from_embeds=inputs_embeds is not None)
     pad = run.pad
-    if run.may_infer_mask(has_attention_mask=attention_mask is not None) and bool((input_ids == pad).any()):
+    if infer_mask(run, input_ids, has_attention_mask=attention_mask is not None,
+                  from_embeds=inputs_embeds is not None):
         attention_mask = (input_ids != pad).long()  # transformers infers the mask from the padding
-    if inputs_embeds is None and pad is not None and input_ids.shape[0] > 1 and bool((input_ids[:, -1] == pad).any()):
-        warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
-                      stacklevel=3)
     if run.rows_per_prompt > 1:
         input_ids, attention_mask, inputs_embeds, token_type_ids = (
             x.repeat_interleave(run.rows_per_prompt, dim=0) if x is not None else None
