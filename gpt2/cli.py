@@ -10,9 +10,12 @@ errors (an unknown option, a bad value) are one line too, with exit code 2 (argp
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 import warnings
 
@@ -172,7 +175,7 @@ def _score_parser(sub) -> None:
         description="The perplexity of each UTF-8 text FILE under the model: windows of --max-length tokens moved "
         "by --stride, each token scored once with the window's earlier tokens as context (transformers' perplexity "
         "guide). A lower stride gives each token more context and costs more forward passes.")
-    score.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
+    score.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files (- reads standard input)")
     _model_options(score)
     score.add_argument("--max-length", type=_positive(int), metavar="L",
                        help="tokens per window (default: the model's n_positions)")
@@ -260,10 +263,45 @@ def _note(text: str) -> None:
     _error(f"gpt2: note: {text}")
 
 
+# TensorFlow's C++ log lines (absl: "I0000 00:00:1796029332.143661    2906 port.cc:153] ...") and the header absl
+# prints before its logging is set up; TF_CPP_MIN_LOG_LEVEL does not reach the lines printed while TF loads.
+_TF_LOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:[\d.]+\s+\d+ [\w.]+:\d+\] ")
+_TF_LOG_HEADER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
 def _quiet_tensorflow(framework: str) -> None:
-    """TensorFlow's C++ start-up chatter (CPU instructions, plugins) on stderr is not the command's output."""
-    if framework == "tf":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """TensorFlow's C++ start-up chatter on stderr (oneDNN, CPU instructions, "no CUDA drivers") is not the
+    command's output: TensorFlow is imported and its devices listed with stderr held in a file, then what is not
+    that chatter is written out (Python warnings, errors). Info and warning lines are dropped; of the error lines,
+    only CUDA's failed initialisation on a machine where TensorFlow found no GPU."""
+    if framework != "tf" or "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    gpus = None
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _tf_chatter(line, gpus)))
+
+
+def _tf_chatter(line: str, gpus) -> bool:
+    if line.rstrip("\n") == _TF_LOG_HEADER:
+        return True
+    match = _TF_LOG_LINE.match(line)
+    if match is None:
+        return False
+    return match.group(1) in "IW" or (gpus == [] and "cuInit" in line)
 
 
 def _generate(args) -> int:

@@ -296,7 +296,12 @@ def window_nll(logits: np.ndarray, ids: np.ndarray, new: int) -> tuple[float, in
     return total, len(ids) - first
 
 
+STDIN = "-"  # the FILE argument that means standard input
+
+
 def read_text(path: str | os.PathLike) -> str:
+    if str(path) == STDIN:
+        return _decode(sys.stdin.buffer.read(), "standard input")
     path = Path(path)
     if str(path) == "":
         raise ValueError("a FILE argument is empty")
@@ -304,11 +309,14 @@ def read_text(path: str | os.PathLike) -> str:
         raise IsADirectoryError(f"{path} is a folder; give text files")
     if not path.is_file():
         raise FileNotFoundError(f"no file {str(path)!r}")
-    data = path.read_bytes()
+    return _decode(path.read_bytes(), str(path))
+
+
+def _decode(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
+        raise ValueError(f"{where}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
 
 
 def score(paths: list[str], *, model: str | None = None, framework: str = "torch", max_length: int | None = None,
@@ -325,6 +333,8 @@ def score(paths: list[str], *, model: str | None = None, framework: str = "torch
     """
     if not paths:
         raise ValueError("give at least one text file")
+    if list(map(str, paths)).count(STDIN) > 1:
+        raise ValueError(f"{STDIN!r} (standard input) can be given once")
     name = model_or_default(model)
     _framework(framework)
     texts = [read_text(p) for p in paths]  # every file checked before the model is loaded
@@ -354,7 +364,7 @@ def score(paths: list[str], *, model: str | None = None, framework: str = "torch
             window = ids[begin:end]
             part, n = window_nll(engine.logits(window[None])[0], window, new)
             nll, count = nll + part, count + n
-        results.append(Score(str(path), nll, count, len(spans)))
+        results.append(Score("<stdin>" if str(path) == STDIN else str(path), nll, count, len(spans)))
     return results
 
 

@@ -190,3 +190,26 @@ def test_python_m_gpt2_generate_with_the_shipped_model():
     words = re.findall(r"[a-z]+", out.stdout[len("In the beginning"):].lower())
     known = set(WORDS.read_text().split())
     assert len(words) >= 4 and all(w in known for w in words), out.stdout
+
+
+@pytest.mark.skipif(not has("tensorflow"), reason="TensorFlow is not installed")
+def test_tensorflow_start_up_chatter_is_not_printed():
+    """--framework tf: TensorFlow's C++ log lines while it loads (oneDNN, no CUDA drivers) do not reach stderr;
+    what the program itself writes to stderr afterwards does."""
+    code = ("import sys; from gpt2.cli import _quiet_tensorflow; _quiet_tensorflow('tf'); "
+            "import tensorflow; print('after', file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "after\n", out.stderr
+
+
+def test_only_tensorflow_log_lines_are_dropped():
+    from gpt2.cli import _TF_LOG_HEADER, _tf_chatter
+
+    info = "I0000 00:00:1796029332.143661    2906 port.cc:153] oneDNN custom operations are on.\n"
+    cuda = "E0000 00:00:1796029343.143143    2906 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+    other = "E0000 00:00:1796029343.143143    2906 op_kernel.cc:12] something failed\n"
+    assert _tf_chatter(info, None) and _tf_chatter(_TF_LOG_HEADER + "\n", None)
+    assert _tf_chatter(cuda, []) and not _tf_chatter(cuda, ["a GPU"]) and not _tf_chatter(other, [])
+    assert not _tf_chatter("UserWarning: something\n", []) and not _tf_chatter("Traceback (most recent call last):\n", [])

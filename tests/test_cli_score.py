@@ -147,6 +147,21 @@ def test_the_command_reports_each_file_and_all(model, texts, capsys):
     assert f"perplexity {total:10.3f}" in lines[2]
 
 
+def test_standard_input_is_scored_as_a_file(model, texts, capsys, monkeypatch):
+    """`gpt2 score -` reads the text from standard input: the same score as the file, labelled <stdin>."""
+    import io
+
+    data = (texts / "short.txt").read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["score", "-", "--model", model, "--stride", "12"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    reference = score([str(texts / "short.txt")], model=model, stride=12)[0]
+    assert line.startswith("<stdin>") and f"perplexity {reference.perplexity:10.3f}" in line
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"abc\xff")))
+    assert "standard input: not UTF-8 text (byte 3: b'\\xff')" in one_line_error(capsys, ["score", "-", "--model", model])
+    assert "'-' (standard input) can be given once" in one_line_error(capsys, ["score", "-", "-", "--model", model])
+
+
 def one_line_error(capsys, argv, code=1):
     if code == 2:
         with pytest.raises(SystemExit) as info:
