@@ -15,6 +15,9 @@ transformers' outputs are checked the same way and reported. A failing candidate
     .venv/bin/python benchmarks/bench_convert.py                 # full size, 3 repeats, in-process + cold
     .venv/bin/python benchmarks/bench_convert.py --small         # tiny config, in-process only: smoke run (< 30 s)
     .venv/bin/python benchmarks/bench_convert.py --repeats 5 --json results.json
+
+The figures go to benchmarks/results/bench_convert.json (benchmarks/_results.py; --json PATH: there instead); a
+--small run writes a file only when --json is given.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from gpt2.common.checkpoint import load_checkpoint  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 OURS = "from gpt2.common.convert import convert"
 
@@ -224,8 +230,10 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="tiny config, in-process only unless --cold: a smoke run")
     p.add_argument("--cold", action=argparse.BooleanOptionalAction, default=None,
                    help="also time fresh processes (default: on, off with --small)")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--json", type=Path, help="write the results here (default: benchmarks/results/bench_convert.json; "
+                   "a --small run writes none unless given)")
     args = p.parse_args()
+    run = _results.start("bench_convert.py")
     run_cold = (not args.small) if args.cold is None else args.cold
     warnings.filterwarnings("ignore")
     rows, load_start = [], os.getloadavg()[0]  # a busy machine skews every figure: the load is reported
@@ -257,9 +265,10 @@ def main() -> None:
               f"| {ratio(r['ours_in'], r['transformers_in'])} | {fmt(r['ours_cold'])} | {fmt(r['transformers_cold'])} "
               f"| {ratio(r['ours_cold'], r['transformers_cold'])} "
               f"| {fmt(r['ours_rss'], 0)} / {fmt(r['transformers_rss'], 0)} | {r['transformers_check']} |")
-    if args.json:
-        args.json.write_text(json.dumps({"model": size, "repeats": args.repeats, "machine": cpu_name(), "load": load,
-                                         "versions": versions(), "rows": rows}, indent=2) + "\n")
+    details = {"model": size, "repeats": args.repeats, "cold": run_cold, "machine": cpu_name(), "load": load,
+               "versions": versions(), "rows": rows}
+    _results.write(run, kind="convert", figures=_results.convert_figures(rows), details=details, path=args.json,
+                   smoke=args.small)
 
 
 if __name__ == "__main__":

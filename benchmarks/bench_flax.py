@@ -20,12 +20,13 @@ FlaxGPT2LMHeadModel writes flax_model.msgpack, ours loads it with ``FlaxGPT2LMHe
 
 Run:  .venv/bin/python benchmarks/bench_flax.py [--repeats 5] [--quick] [--json out.json]
 ``--quick`` is a smoke run on a tiny shape (2 layers, C=64, 8 new tokens): its figures mean nothing.
+The figures go to benchmarks/results/bench_flax.json (benchmarks/_results.py; --json PATH: there instead); a --quick
+run writes a file only when --json is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +40,8 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
+
+import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 
 def timed(fn, repeats: int) -> float:
@@ -82,8 +85,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run, figures meaningless")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/"
+                        "bench_flax.json; a --quick run writes none unless given)")
     args = parser.parse_args()
+    run = _results.start("bench_flax.py")
     warnings.simplefilter("ignore")
     import flax
     import jax
@@ -205,9 +210,11 @@ def main() -> int:
           f"in this run: {', '.join(f'{t * 1e3:.2f}' for t in floors)}): {floor:.2f} ms/token")
     print(f"| decode | ours / floor | transformers / floor | transformers under jax.jit / floor |\n|---|---|---|---|\n"
           f"| ms/token | {a / floor:.2f} | {b / floor:.2f} | {c / floor:.2f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "floor_ms": floor, "same_tokens": same, "quick": args.quick}, f, indent=2)
+    details = {"repeats": args.repeats, "rows": rows, "floor_ms": floor, "floors_ms": [t * 1e3 for t in floors],
+               "same_tokens": same, "quick": args.quick}
+    figures = _results.decode_figures("flax", ours=a, transformers=b, floor=floor,
+                                      others={"transformers (jax.jit)": c})
+    _results.write(run, kind="decode", figures=figures, details=details, path=args.json, smoke=args.quick)
     return 0 if same else 1
 
 

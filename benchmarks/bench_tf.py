@@ -15,13 +15,14 @@ writes tf_model.h5, ours loads it):
 - train step: one Keras ``train_on_batch`` of a (4, 256) batch with labels (the model's own loss), Adam.
 
 Run:  .venv/bin/python benchmarks/bench_tf.py [--repeats 5] [--small] [--json out.json]
+The figures go to benchmarks/results/bench_tf.json (benchmarks/_results.py; --json PATH: there instead); a --small
+run writes a file only when --json is given.
 TensorFlow is measured on the CPU only: the lent GPU machine has no TensorFlow (docs/tf.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,6 +37,8 @@ os.environ.setdefault("USE_FLAX", "0")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 
 def timed(fn, repeats: int) -> float:
@@ -71,8 +74,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke run")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/"
+                        "bench_tf.json; a --small run writes none unless given)")
     args = parser.parse_args()
+    run = _results.start("bench_tf.py")
     warnings.simplefilter("ignore")
     import keras
     import transformers
@@ -149,9 +154,10 @@ def main() -> int:
           f"in this run: {', '.join(f'{t * 1e3:.2f}' for t in floors)}): {floor:.2f} ms/token")
     print(f"| decode | ours / floor | transformers / floor |\n|---|---|---|\n| ms/token | {a / floor:.2f} | "
           f"{b / floor:.2f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "floor_ms": floor, "same_tokens": same}, f, indent=2)
+    details = {"repeats": args.repeats, "rows": rows, "floor_ms": floor, "floors_ms": [t * 1e3 for t in floors],
+               "same_tokens": same}
+    _results.write(run, kind="decode", figures=_results.decode_figures("tf", ours=a, transformers=b, floor=floor),
+                   details=details, path=args.json, smoke=args.small)
     return 0 if same else 1
 
 

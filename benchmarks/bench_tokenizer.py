@@ -30,6 +30,9 @@ candidate's speed / the reference's speed (> 1: faster than the reference).
     .venv/bin/python benchmarks/bench_tokenizer.py --quick     # a quarter of the real text, 2 repeats: ~1.5 min
     .venv/bin/python benchmarks/bench_tokenizer.py --json out.json
     .venv/bin/python benchmarks/bench_tokenizer.py --only f    # one section (a..f)
+
+The figures go to benchmarks/results/bench_tokenizer.json (benchmarks/_results.py; --json PATH: there instead); a
+--quick, --only or --no-transformers run writes a file only when --json is given.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ from corpus import Document, gather, total_bytes  # noqa: E402
 from gpt2 import GPT2Tokenizer, GPT2TokenizerFast  # noqa: E402
 from gpt2.common.bpe import PRETOKENIZE_PATTERN, bytes_to_unicode  # noqa: E402
 from gpt2.common.tokenizer import PACKAGED_VOCAB  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 VOCAB, MERGES = str(PACKAGED_VOCAB / "vocab.json"), str(PACKAGED_VOCAB / "merges.txt")
 ENDOFTEXT = "<|endoftext|>"
@@ -392,10 +398,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a quarter of the real text, fewer repeats, smaller sizes")
     ap.add_argument("--repeats", type=int, default=None, help="timed passes per candidate (default 5, --quick 2)")
-    ap.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    ap.add_argument("--json", metavar="PATH", help="write every figure to this JSON file (default: benchmarks/"
+                    "results/bench_tokenizer.json; a --quick / --only / --no-transformers run writes none unless "
+                    "given)")
     ap.add_argument("--no-transformers", action="store_true", help="leave transformers out")
     ap.add_argument("--only", choices=list("abcdef"), action="append", help="run only these sections (repeatable)")
     args = ap.parse_args()
+    run_info = _results.start("bench_tokenizer.py")
     repeats = args.repeats or (2 if args.quick else 5)
     slow_repeats = 1 if args.quick else 2
 
@@ -451,9 +460,10 @@ def main() -> None:
         rows_f = section_f(short_documents(docs, 7_000 if args.quick else 28_000), tt, fast, hf_fast, repeats)
         print(markdown(rows_f), flush=True)
     print(f"# total {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        all_rows = rows + rows_b + rows_c + rows_d + rows_e + rows_f
-        Path(args.json).write_text(json.dumps({"machine": info, "rows": all_rows}, indent=1) + "\n")
+    all_rows = rows + rows_b + rows_c + rows_d + rows_e + rows_f
+    _results.write(run_info, kind="tokenizer", figures=_results.tokenizer_figures(all_rows),
+                   details={"machine": info, "repeats": repeats, "rows": all_rows}, path=args.json,
+                   smoke=args.quick or bool(args.only) or args.no_transformers)
 
 
 if __name__ == "__main__":

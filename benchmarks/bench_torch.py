@@ -14,12 +14,13 @@ Measured (median of --repeats runs after a warm-up, same random weights loaded i
   measured just before and after it): a change of load on the machine moves both sides of a ratio.
 
 Run:  .venv/bin/python benchmarks/bench_torch.py [--repeats 5] [--threads 2] [--small] [--json out.json]
+The figures go to benchmarks/results/bench_torch.json (benchmarks/_results.py; --json PATH: there instead); a
+--small run writes a file only when --json is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +33,8 @@ os.environ.setdefault("USE_TF", "0")  # transformers: do not import TensorFlow h
 os.environ.setdefault("USE_FLAX", "0")
 
 import torch  # noqa: E402
+
+import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 
 def timed(fn, repeats: int) -> float:
@@ -82,8 +85,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke run")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/"
+                        "bench_torch.json; a --small run writes none unless given)")
     args = parser.parse_args()
+    run = _results.start("bench_torch.py")
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     import transformers
@@ -192,10 +197,12 @@ def main() -> int:
                           ("compile_config={}", "compile")]:
             print(f"| {name} | {per_token[key][1]:.2f} | {theirs_ratio:.2f} |")
         print(f"| assisted, first 2 layers | {per_token['assisted'][1]:.2f} | {per_token['theirs assisted'][1]:.2f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "floor_ms": floor, "floors_ms": [t * 1e3 for t in floors],
-                       "decode_ms_and_ratio": per_token if floor is not None else None}, f, indent=2)
+    if floor is not None:
+        details = {"threads": args.threads, "repeats": args.repeats, "rows": rows, "floor_ms": floor,
+                   "floors_ms": [t * 1e3 for t in floors], "decode_ms_and_ratio": per_token}
+        figures = _results.decode_figures("torch", ours=per_token["ours"][0], transformers=per_token["theirs"][0],
+                                          floor=floor)
+        _results.write(run, kind="decode", figures=figures, details=details, path=args.json, smoke=args.small)
     return 0
 
 

@@ -36,6 +36,8 @@ Run:  .venv/bin/python benchmarks/bench_train.py [--repeats 10] [--warmup 3] [--
 runs every row with bf16 autocast / mixed precision (fp32 weights); ``--peak-tflops`` adds an MFU column (model
 FLOPs per token as nanoGPT's estimate: 6 N + 12 L T C, N the parameters without wpe; the machine's peak is yours to
 give). On a CUDA machine the torch rows use the GPU (ours picks it; the plain loop follows).
+The figures go to benchmarks/results/bench_train.json (benchmarks/_results.py; --json PATH: there instead); a --quick
+or --only run writes a file only when --json is given.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ ROWS = ("transformers-sdpa", "ours-torch", "transformers-eager", "ours-tf", "our
 REFERENCES = ("transformers-sdpa", "transformers-eager")                                 # adjacent in time
 FULL = {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12}
 QUICK = {"vocab_size": 50257, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
+
 HYPER = {"lr": 3e-4, "warmup": 2, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "clip": 1.0,
          "seed": 0}
 
@@ -77,12 +82,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shape: a smoke run, figures meaningless")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak: adds an MFU column")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per row before it is stopped")
-    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--json", default=None, help="write the results here (default: benchmarks/results/"
+                        "bench_train.json; a --quick / --only run writes none unless given)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, Path(args.spec))
+    run = _results.start("bench_train.py")
 
     rows = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -118,6 +125,12 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
     report(results, args, shape=shape, block=block, warmup=warmup, repeats=repeats)
+    details = {"quick": args.quick, "config": shape, "block_size": block, "batch_size": args.batch_size,
+               "precision": args.precision, "warmup": warmup, "repeats": repeats, "hyper": HYPER,
+               "flops_per_token": flops_per_token(shape, block), "peak_tflops": args.peak_tflops,
+               "cores": os.cpu_count(), "rows": results}
+    _results.write(run, kind="train", figures=_results.train_figures(results), details=details, path=args.json,
+                   smoke=args.quick or rows != list(ROWS))
     return 0 if all(r.get("ok") for r in results) else 1
 
 
@@ -186,12 +199,6 @@ def report(results: list[dict], args, *, shape: dict, block: int, warmup: int, r
     for r in results:
         if not r.get("ok") and r.get("stderr_tail"):
             print(f"\n{r['name']} stderr (tail):\n{r['stderr_tail']}", file=sys.stderr)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"quick": args.quick, "config": shape, "block_size": block, "batch_size": args.batch_size,
-                       "precision": args.precision, "warmup": warmup, "repeats": repeats, "hyper": HYPER,
-                       "flops_per_token": fpt, "peak_tflops": args.peak_tflops, "cores": os.cpu_count(),
-                       "versions": versions, "rows": results}, f, indent=2)
 
 
 # -- the workers (one per process) --------------------------------------------------------------------------------------
