@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo venv clean
+.PHONY: test test-fast demo venv clean plots bench
 
 venv: $(STAMP)
 
@@ -23,6 +23,15 @@ test: $(STAMP)
 PROMPT ?= In the beginning
 demo: $(STAMP)
 	$(PY) -m gpt2 demo --prompt "$(PROMPT)"
+
+# The benchmark plots (docs/img/*.png, shown in docs/benchmarks.md) redrawn from benchmarks/results/*.json; a missing
+# results file skips its plot with the command that makes it. `make bench` runs every plotted benchmark first
+# (benchmarks/run_all.sh: ~45 min on 2 cores; run it on an idle machine), then draws the plots.
+plots: $(STAMP)
+	$(PY) benchmarks/plot.py
+
+bench: $(STAMP)
+	PY=$(PY) benchmarks/run_all.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
