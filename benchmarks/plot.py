@@ -17,7 +17,9 @@ footer gives the date, machine, load and versions of the runs drawn; a smoke run
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,9 +79,11 @@ def footer(docs: dict[str, dict]) -> str:
 
 
 def finish(fig, docs: dict[str, dict], out: Path, name: str) -> Path:
-    text = footer(docs)
-    fig.text(0.01, 0.005, text, fontsize=7, color="#555555", ha="left", va="bottom", wrap=False)
-    fig.tight_layout(rect=(0, 0.012 * (text.count("\n") + 1) + 0.02, 1, 1))
+    width, height = fig.get_size_inches()
+    lines = [part for line in footer(docs).splitlines()
+             for part in textwrap.wrap(line, int(width * 17), subsequent_indent="    ")]
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, color="#555555", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, (len(lines) * 0.13 + 0.05) / height, 1, 1))  # ~0.13 inch a line of 7 pt
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     fig.savefig(path, dpi=110, metadata={"Software": None})
@@ -146,7 +150,7 @@ def _hbars(ax, groups: dict[str, list[dict]], value: str, unit: str, fmt: str, r
                 ax.text(v, y, text, va="center", fontsize=7)
             y += 1
         ax.text(0, ticks[len(ticks) - len(rows)] - 0.75, group, fontsize=8, fontweight="bold", ha="left",
-                va="bottom")
+                va="bottom").set_in_layout(False)
         y += 1.2
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.set_ylim(y - 0.6, -0.7)  # top to bottom; room above the first group's name
@@ -192,8 +196,10 @@ def plot_conversion(docs: dict[str, dict], out: Path):
     panels = [("cold_s", "s", "a fresh process (imports included): seconds"),
               ("in_process_s", "s", "in-process (imports excluded): seconds"),
               ("peak_rss_mib", "MiB", "peak RSS of the fresh process: MiB")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.42 * len(rows) + 2.2), sharey=True)
-    groups = _grouped(rows, "conversion")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 0.42 * len(rows) + 2.4), sharey=True)
+    # "4b tf_model.h5 -> model.safetensors (low-level loader; ours = row 4)": the group names short enough for a panel
+    groups = {re.sub(r"\(low-level loader; ours = row \d+\)", "(low-level loader)", name): rs
+              for name, rs in _grouped(rows, "conversion").items()}
     for ax, (value, unit, title) in zip(axes, panels):
         shown = {g: [{**r, "candidate": r["candidate"], "reference": r["candidate"] == "transformers",
                       "note": r["note"] or ("not measured" if value != "in_process_s" else "")}
@@ -205,8 +211,10 @@ def plot_conversion(docs: dict[str, dict], out: Path):
         _hbars(ax, shown, value, unit, ".2f" if unit == "s" else ".0f", reference)
         ax.set_title(title + " (lower is better)", fontsize=9)
         ax.set_xlabel(f"{unit}; (x): ours / transformers", fontsize=8)
+    model = str(doc["details"].get("model", ""))
+    model = "a tiny config" if model.startswith("small") else model
     fig.suptitle(f"Checkpoint conversion{title_suffix(doc)}: ours (gpt2 convert, no framework) against transformers' "
-                 f"from_pretrained + save_pretrained; {doc['details'].get('model', '')}", fontsize=10)
+                 f"from_pretrained + save_pretrained\n{model}", fontsize=10)
     return finish(fig, docs, out, "conversion")
 
 
