@@ -256,3 +256,19 @@ def test_each_script_writes_its_results_through_the_shared_writer(script):
     stem = script.removesuffix(".py")
     assert _results.COMMANDS[stem].startswith(f".venv/bin/python benchmarks/{script}")
     assert any(stem in stems for stems in plot.SOURCES.values())
+
+
+def test_the_docs_page_shows_every_plot_next_to_the_commands_that_make_it():
+    import re
+
+    page = (BENCHMARKS.parent / "docs" / "benchmarks.md").read_text()
+    images = re.findall(r"!\[[^\]]+\]\(img/([a-z_]+)\.png\)", page)
+    assert sorted(images) == sorted(plot.PLOTS)
+    sections = re.split(r"\n## ", page)
+    for name in plot.PLOTS:
+        section = next(s for s in sections if f"(img/{name}.png)" in s)
+        for stem in plot.SOURCES[name]:
+            assert _results.COMMANDS[stem] in section, (name, stem)
+    assert "make plots" in page and "../benchmarks/RESULTS.md" in page
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert "(docs/benchmarks.md)" in readme
