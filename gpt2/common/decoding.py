@@ -309,29 +309,30 @@ class Plan:
         return (not has_attention_mask and self.offset == 0 and self.pad is not None and self.pad not in self.eos)
 
 
-def infer_mask(run: Plan, ids, *, has_attention_mask: bool, from_embeds: bool) -> bool:
+def infer_mask(run: Plan, ids, *, has_attention_mask: bool, from_embeds: bool, stacklevel: int = 4) -> bool:
     """transformers' padding rules for a prompt ``ids`` (B, T) (a numpy array or a tensor, on the host): warns when
     a batch looks right-padded (GPT-2 needs left padding), and returns whether the attention mask is to be inferred
     as ``ids != pad`` (``Plan.may_infer_mask`` and the prompt holds the padding id). Every framework's generate()
-    asks here, then builds the mask in its own arrays."""
+    asks here, then builds the mask in its own arrays. ``stacklevel``: the warning's, pointing at generate()'s
+    caller (generate() -> its helper -> here; one more through host_loop.prepare)."""
     pad = run.pad
     if not from_embeds and pad is not None and ids.shape[0] > 1 and bool((ids[:, -1] == pad).any()):
         warnings.warn("right padding detected: GPT-2 needs left padding for batched generation", UserWarning,
-                      stacklevel=4)  # generate() -> its helper -> here: the warning points at the caller
+                      stacklevel=stacklevel)
     return run.may_infer_mask(has_attention_mask=has_attention_mask) and bool((ids == pad).any())
 
 
 def plan(cfg: GenerationConfig, *, input_length: int, max_positions: int | None, vocab_size: int,
-         has_attention_mask: bool, from_embeds: bool = False) -> Plan:
+         has_attention_mask: bool, from_embeds: bool = False, stacklevel: int = 4) -> Plan:
     """eos and padding ids (a missing pad_token_id is the first eos id, with a warning, as transformers), rows per
     prompt and lengths (``resolve_lengths``). Raises ValueError when rows can finish but the padding id is outside
-    the vocabulary."""
+    the vocabulary. ``stacklevel``: the padding warning's, as ``infer_mask``'s."""
     eos = eos_ids(cfg)
     pad = cfg.pad_token_id
     if pad is None and eos:
         warnings.warn(f"pad_token_id is not set: finished rows are padded with eos_token_id {eos[0]} (as transformers"
                       f" does){'' if has_attention_mask else '; pass attention_mask for padded batches'}",
-                      UserWarning, stacklevel=4)
+                      UserWarning, stacklevel=stacklevel)
         pad = eos[0]
     if pad is not None and pad >= vocab_size and any(i < vocab_size for i in eos):
         raise ValueError(f"pad_token_id={pad} is outside the vocabulary (0..{vocab_size - 1}) but rows can finish")

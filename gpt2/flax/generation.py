@@ -11,15 +11,17 @@
 
 The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
 with, how beams are scored and finalized -- are gpt2/torch/generation.py's, decided framework-free in
-``gpt2.common.decoding``. What is JAX's is the plumbing (gpt2/tf/generation.py is the same design in TF):
+``gpt2.common.decoding``; what the host does around the compiled loop (request checks, buckets, the compile key,
+stop strings and streamers between chunks, the outputs) is ``gpt2.common.host_loop``'s, shared with TF. What is
+JAX's is the plumbing (gpt2/tf/generation.py is the same design in TF):
 
 - the model is split once per call (``nnx.split``): its GraphDef is static (part of the compiled function's key),
   its weights are an ARGUMENT of the compiled functions, never captured constants: compiling copies no weight, and
   ``params=`` runs other weights through the same compiled code;
 - the prompt is left-padded (mask 0) to a power-of-two bucket and the new tokens get a power-of-two bucket of slots,
   so another prompt length or another max_new_tokens in the same buckets runs the same compiled code: the prompt's
-  true length, max_length, the length-dependent processor options (``TRACED_OPTIONS``) and the float options
-  (``TRACED_FLOATS``: temperature, top_p, ...) are traced scalars;
+  true length, max_length, the length-dependent processor options and the float options (temperature, top_p, ...:
+  host_loop.py ``TRACED_OPTIONS``, ``TRACED_FLOATS``) are traced scalars;
 - two compiled functions per run: the prompt's forward (``prefill``, per batch, prompt bucket and cache size), then
   the decoding loop (per batch, buckets and option signature) holding one copy of the blocks, the one-token step;
   both are kept per model (a module-level weak registry, ``_FUNCTIONS``; ``trace_count(model)`` counts traces);
@@ -27,7 +29,7 @@ with, how beams are scored and finalized -- are gpt2/torch/generation.py's, deci
   row at a traced slot, the mask opens one key per step), the loop's state (``_Running``, a NamedTuple: a pytree)
   donated from call to call; processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's
   padding never shows). For greedy decoding and sampling the whole state goes in and out (``_continue``), so the host
-  may run the loop in chunks: stop_strings are checked and a streamer fed between chunks of ``HOST_CHUNK`` steps;
+  may run the loop in chunks: stop_strings are checked and a streamer fed between chunks (host_loop.py);
 - sampling: Gumbel-max noise from ``jax.random.fold_in(prng_key, step)`` (logits_process.py ``sample``): a fixed
   key gives the same tokens whatever the chunking (not torch's tokens: its generator is another algorithm).
 
@@ -59,11 +61,9 @@ import numpy as np
 from flax import nnx
 
 from ..common import loading
-from ..common.decoding import (ProcessorSpec, StopStrings, bucket, check_attention_mask, check_inputs_embeds,
-                               check_options, check_prompt, check_token_range, check_token_type_ids, hashable,
-                               infer_mask, merge_settings, plan, processor_specs)
+from ..common.decoding import merge_settings
 from ..common.generation import GenerationConfig
-from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from ..common.host_loop import Static, finish, prepare, run_in_chunks, traced_specs, transition_index
 from .beam_search import beam_search
 from .cache import KVCache
 from .logits_process import build_processors, record_step, run_processors, sample
@@ -71,17 +71,6 @@ from .model import is_concrete, mask_value, scores_dtype
 from .pretrained import hold
 from .sharding import DATA, model_mesh, shard_batch, shard_cache
 from .stopping import Stop
-
-# Processor options that depend on the prompt's length (min_length, forced eos, the decay start, begin-suppress):
-# traced int32 scalars, so that a new prompt length or max_new_tokens in the same buckets does not retrace.
-TRACED_OPTIONS = ("min_length", "at_length", "start")
-# Float options traced as float32 scalars (a new temperature or top_p does not retrace). The decay penalty's factor
-# stays static: logits_process.py computes its log in float64 on the host, as torch does.
-TRACED_FLOATS = ("temperature", "penalty", "p", "min_p", "mass", "epsilon", "eta")
-# Steps per compiled call between two visits of the host (stop strings, streamer): few enough that little is decoded
-# past a stop and tokens reach a streamer early, enough that the calls' overhead stays small against the steps' work.
-HOST_CHUNK = 8
-
 
 def _logits(model, x: jax.Array) -> jax.Array:
     """The LM head over hidden states x (B, t, C): a tied head attends over the trunk's token table (logits =
@@ -270,22 +259,9 @@ class GenerationMixin(_GenerationConfigHolder):
         stacked = jnp.stack(tuple(scores), axis=1)  # (rows, steps, V)
         if normalize_logits:
             stacked = jax.nn.log_softmax(stacked, axis=-1)
-        rows, steps = stacked.shape[:2]
-        if beam_indices is None:  # greedy / sampling: row i's scores chose row i's tokens
-            beam_indices = np.broadcast_to(np.arange(rows)[:, None], (rows, steps))
-        beam_indices = np.asarray(beam_indices).astype(np.int32)
-        sequences = np.asarray(sequences)
-        if beam_indices.shape[0] != sequences.shape[0]:
-            raise ValueError(f"beam_indices has {beam_indices.shape[0]} rows, sequences {sequences.shape[0]}")
-        valid = beam_indices >= 0
-        length = int(valid.sum(axis=-1).max())
-        if length > steps or length > sequences.shape[-1]:
-            raise ValueError(f"{length} generated steps named by beam_indices, but scores hold {steps} and sequences "
-                             f"{sequences.shape[-1]} columns")
-        which, valid = np.maximum(beam_indices[:, :length], 0), valid[:, :length]
-        tokens = sequences[:, sequences.shape[-1] - length:].astype(np.int32)
-        picked = stacked[which, np.arange(length)[None, :], tokens]
-        return jnp.where(valid, picked, jnp.zeros((), stacked.dtype))
+        which, step, tokens, valid = transition_index(sequences, beam_indices, rows=stacked.shape[0],
+                                                      steps=stacked.shape[1])
+        return jnp.where(valid, stacked[which, step, tokens], jnp.zeros((), stacked.dtype))
 
 
 def _prng_key(prng_key, seed) -> jax.Array:
@@ -305,92 +281,6 @@ def _prng_key(prng_key, seed) -> jax.Array:
     if seed is not None and not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
     return jax.random.key(0 if seed is None else int(seed))
-
-
-def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, others: dict):
-    """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
-    returns (ids, mask, embeds, types) as numpy arrays: ids, mask and types int64 (mask, embeds and types None when
-    not given). With inputs_embeds alone, input_ids is a placeholder of its (B, T) that generate() never shows
-    (torch's rule); token types are range-checked here, before any gather (JAX's would clamp them silently)."""
-    check_options(cfg, framework="flax", streamer=streamer,
-                  output_attentions=cfg.return_dict_in_generate and cfg.output_attentions,
-                  output_hidden_states=cfg.return_dict_in_generate and cfg.output_hidden_states, **others)
-    inputs_embeds, token_type_ids = others["inputs_embeds"], others["token_type_ids"]
-    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask),
-                        ("inputs_embeds", inputs_embeds), ("token_type_ids", token_type_ids)):
-        if value is not None and not is_concrete(value):
-            raise ValueError(f"generate() reads {name} on the host and compiles its own loop: call it outside "
-                             f"jax.jit / vmap / grad")
-    V = model.config.vocab_size
-    embeds = None
-    if inputs_embeds is not None:
-        embeds = np.asarray(inputs_embeds)
-        check_inputs_embeds(shape=embeds.shape, dtype=str(embeds.dtype), n_embd=model.config.n_embd,
-                            with_input_ids=input_ids is not None,
-                            floating=bool(jnp.issubdtype(embeds.dtype, jnp.floating)))
-        input_ids = np.zeros(embeds.shape[:2], dtype=np.int64)
-    if input_ids is None:
-        if cfg.bos_token_id is None:
-            raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
-        input_ids = np.full((1, 1), cfg.bos_token_id, dtype=np.int64)
-    ids = np.asarray(input_ids)
-    check_prompt(shape=ids.shape, dtype=f"{type(input_ids).__name__} of {ids.dtype}", integer=ids.dtype.kind in "iu")
-    check_token_range(low=int(ids.min()), high=int(ids.max()), vocab_size=V)
-    mask = None
-    if attention_mask is not None:
-        mask = np.asarray(attention_mask)
-        check_attention_mask(shape=mask.shape if mask.ndim else None, ids_shape=ids.shape,
-                             binary=mask.shape == ids.shape and bool(np.isin(mask, (0, 1)).all()))
-        mask = mask.astype(np.int64)
-    types = None
-    if token_type_ids is not None:
-        types = np.asarray(token_type_ids)
-        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=ids.shape, values=types,
-                             vocab_size=V)
-        types = types.astype(np.int64)
-    return ids.astype(np.int64), mask, embeds, types
-
-
-class _Static(NamedTuple):
-    """What one compiled loop is specialised to (with the input shapes); everything else is traced."""
-
-    capacity: int  # slots of the ids buffer and the cache: the prompt bucket, then the new tokens' bucket
-    specs: tuple  # per processor: its name, its static options, the names of its traced ints and floats
-    eos: tuple
-    pad: int | None
-    do_sample: bool
-    num_beams: int
-    num_return_sequences: int
-    early_stopping: object
-    length_penalty: float
-    record_scores: bool
-    record_logits: bool
-
-
-def _static_specs(specs) -> tuple[tuple, list[int], list[float]]:
-    """Split each spec's options into static ones (in the key), traced ints and traced floats."""
-    static, numbers, floats = [], [], []
-    for spec in specs:
-        ints = tuple(k for k in TRACED_OPTIONS if spec.options.get(k) is not None)
-        reals = tuple(k for k in TRACED_FLOATS if spec.options.get(k) is not None)
-        numbers += [int(spec.options[k]) for k in ints]
-        floats += [float(spec.options[k]) for k in reals]
-        kept = {k: v for k, v in spec.options.items() if k not in ints + reals}
-        static.append((spec.name, hashable(kept), ints, reals))
-    return tuple(static), numbers, floats
-
-
-def _processors(static: _Static, numbers: jax.Array, floats: jax.Array, vocab_size: int):
-    """The processors, built inside the trace with the traced numbers in place of their options."""
-    specs, i, j = [], 0, 0
-    for name, options, ints, reals in static.specs:
-        options = {k: (dict(v) if k == "bias" else list(v) if isinstance(v, tuple) else v) for k, v in options}
-        for k in ints:
-            options[k], i = numbers[i], i + 1
-        for k in reals:
-            options[k], j = floats[j], j + 1
-        specs.append(ProcessorSpec(name, options))
-    return build_processors(specs, vocab_size=vocab_size)
 
 
 # -- the compiled functions, kept per model ----------------------------------------------------------------------------
@@ -424,11 +314,11 @@ def _prefill_function(graphdef, capacity: int, mesh, registry: dict):
     return jax.jit(run)
 
 
-def _continue_function(graphdef, static: _Static, mesh, registry: dict):
+def _continue_function(graphdef, static: Static, mesh, registry: dict):
     def run(state, mask, start, end, numbers, floats, key, types, until, running):  # types: (B, 1) or None
         registry["traces"] += 1
         model = nnx.merge(graphdef, state)
-        processors = _processors(static, numbers, floats, model.config.vocab_size)
+        processors = build_processors(traced_specs(static.specs, numbers, floats), vocab_size=model.config.vocab_size)
         stop = Stop(eos=list(static.eos), max_length=end)
         decoder = Decoder(model, running.ids[:, :mask.shape[1]], attention_mask=mask, max_length=static.capacity,
                           token_type_ids=types, state=running.state, mesh=mesh)
@@ -437,11 +327,11 @@ def _continue_function(graphdef, static: _Static, mesh, registry: dict):
     return jax.jit(run, donate_argnames=("running",))
 
 
-def _beam_function(graphdef, static: _Static, mesh, registry: dict):
+def _beam_function(graphdef, static: Static, mesh, registry: dict):
     def run(state, ids, mask, start, end, numbers, floats, key, types, prompt):  # types: (B * n, 1) or None
         registry["traces"] += 1
         model = nnx.merge(graphdef, state)
-        processors = _processors(static, numbers, floats, model.config.vocab_size)
+        processors = build_processors(traced_specs(static.specs, numbers, floats), vocab_size=model.config.vocab_size)
         stop = Stop(eos=list(static.eos), max_length=end)
         logits, decoder_state = prompt
         decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, token_type_ids=types,
@@ -458,48 +348,18 @@ def _beam_function(graphdef, static: _Static, mesh, registry: dict):
 
 def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, key, tokenizer, params,
               others: dict):
-    strings = None
-    if cfg.stop_strings is not None:
-        if cfg.num_beams > 1:
-            raise ValueError("generate(): stop_strings with beam search (num_beams > 1) is not supported in flax "
-                             "(each step's candidate beams would need the host)")
-        strings = StopStrings(cfg.stop_strings, tokenizer)
-    ids, mask, embeds, types = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask,
-                                              streamer=streamer, others=others)
-    V = model.config.vocab_size
-    B, T = ids.shape
-    run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
-               has_attention_mask=mask is not None, from_embeds=embeds is not None)
-    pad = run.pad
-    if infer_mask(run, ids, has_attention_mask=mask is not None, from_embeds=embeds is not None):
-        mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
-    if mask is None:
-        mask = np.ones_like(ids)
-    if run.rows_per_prompt > 1:
-        ids, mask, embeds, types = (np.repeat(x, run.rows_per_prompt, axis=0) if x is not None else None
-                                    for x in (ids, mask, embeds, types))
-    spec_key, numbers, floats = _static_specs(processor_specs(cfg, run, vocab_size=V))
-    # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
-    P = bucket(T)
-    shift = P - T
-    ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
-    mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
-    if embeds is not None:  # the bucket's padding embeds zeros (mask 0: never seen)
-        embeds = np.concatenate([np.zeros((embeds.shape[0], shift, embeds.shape[2]), embeds.dtype), embeds], axis=1)
+    for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                        ("inputs_embeds", others["inputs_embeds"]), ("token_type_ids", others["token_type_ids"])):
+        if value is not None and not is_concrete(value):
+            raise ValueError(f"generate() reads {name} on the host and compiles its own loop: call it outside "
+                             f"jax.jit / vmap / grad")
+    request = prepare(cfg, framework="flax", config=model.config, input_ids=input_ids, attention_mask=attention_mask,
+                      streamer=streamer, tokenizer=tokenizer, others=others, traced_floats=True)
+    static, P = request.static, request.prompt
+    ids, mask, embeds, types, last_types = (request.ids, request.mask, request.embeds, request.types,
+                                            request.last_types)
+    if embeds is not None:
         embeds = jnp.asarray(embeds, model.dtype)
-    last_types = None
-    if types is not None:
-        types = np.concatenate([np.zeros((types.shape[0], shift), np.int64), types], axis=1).astype(np.int32)
-        last_types = types[:, -1:]  # every new token takes the prompt's last type: the loop adds it in each step
-    # the first slot the caller, processors, stop strings and streamer see: the prompt's (shift), or with an
-    # inputs_embeds prompt the first generated one (its slots hold no ids)
-    start = shift + run.offset
-    static = _Static(capacity=P + bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
-                     do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
-                     num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
-                     length_penalty=float(cfg.length_penalty),
-                     record_scores=bool(cfg.return_dict_in_generate and cfg.output_scores),
-                     record_logits=bool(cfg.return_dict_in_generate and cfg.output_logits))
     bound = model if params is None else model._with_params(params)
     graphdef, state = nnx.split(bound)
     # Weights on a mesh (sharding.py): the prompt's batch split over "data" (when it divides) and the cache laid out
@@ -511,9 +371,9 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     types = None if types is None else jnp.asarray(types)
     last_types = None if last_types is None else jnp.asarray(last_types)
-    end = jnp.asarray(shift + run.max_length, jnp.int32)
-    args = (mask, jnp.asarray(start, jnp.int32), end, jnp.asarray(numbers or [0], jnp.int32),
-            jnp.asarray(floats or [0.0], jnp.float32), key, last_types)
+    end = jnp.asarray(request.end, jnp.int32)
+    args = (mask, jnp.asarray(request.start, jnp.int32), end, jnp.asarray(request.numbers or [0], jnp.int32),
+            jnp.asarray(request.floats or [0.0], jnp.float32), key, last_types)
     first = _function(model, ("prefill", graphdef, static.capacity, mesh),
                       functools.partial(_prefill_function, graphdef, static.capacity, mesh))
     logits, decoder_state = first(state, ids, mask, embeds, types)
@@ -521,8 +381,8 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
         decode = _function(model, ("beam", graphdef, static, mesh),
                            functools.partial(_beam_function, graphdef, static, mesh))
         result = decode(state, ids, *args, (logits, decoder_state))
-        return _finish(cfg, static, result, shift=start, prompt=P)
-    rows, steps = ids.shape[0], static.capacity - P
+        return finish(cfg, request, result, array=jnp.asarray, sequences_only=False)
+    rows, steps, V = ids.shape[0], static.capacity - P, model.config.vocab_size
     running = _Running(cur=jnp.asarray(P, jnp.int32),
                        ids=jnp.concatenate([ids, jnp.zeros((rows, steps), jnp.int32)], axis=1),
                        unfinished=jnp.ones((rows,), bool), next_logits=logits,
@@ -531,15 +391,17 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
                        state=decoder_state)
     decode = _function(model, ("sample", graphdef, static, mesh),
                        functools.partial(_continue_function, graphdef, static, mesh))
-    if strings is None and streamer is None:
+    if request.strings is None and streamer is None:
         running = decode(state, *args, end, running)
-    else:
-        if streamer is not None:  # the prompt first, as torch's (and transformers') generate: none after embeddings
-            streamer.put(np.asarray(ids)[:, start:])
-        running = _on_the_host(functools.partial(decode, state, *args), running, strings=strings, streamer=streamer,
-                               static=static, shift=start, end=int(end))
-    return _finish(cfg, static, dict(ids=running.ids, length=running.cur, scores=running.scores,
-                                     logits=running.logits), shift=start, prompt=P)
+    else:  # the host checks the strings and feeds the streamer between chunks (common/host_loop.py)
+        running = run_in_chunks(
+            request, running, streamer=streamer,
+            advance=lambda r, until: decode(state, *args, jnp.asarray(until, jnp.int32), r),
+            read=lambda r: (int(r.cur), np.array(r.ids)),
+            write=lambda r, ids, alive, cur: r._replace(ids=jnp.asarray(ids), unfinished=jnp.asarray(alive),
+                                                        cur=jnp.asarray(cur, jnp.int32)))
+    result = dict(ids=running.ids, length=running.cur, scores=running.scores, logits=running.logits)
+    return finish(cfg, request, result, array=jnp.asarray, sequences_only=False)
 
 
 class _Running(NamedTuple):
@@ -555,7 +417,7 @@ class _Running(NamedTuple):
     state: tuple
 
 
-def _sample(decoder: Decoder, running: _Running, *, static: _Static, start, end, until, processors, stop: Stop,
+def _sample(decoder: Decoder, running: _Running, *, static: Static, start, end, until, processors, stop: Stop,
             key) -> _Running:
     """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step, in a lax.while_loop
     from ``running`` until slot ``until`` (or ``end``, or every row finished)."""
@@ -593,69 +455,3 @@ def _sample(decoder: Decoder, running: _Running, *, static: _Static, start, end,
         return (r.cur < jnp.minimum(end, until)) & jnp.any(r.unfinished)
 
     return jax.lax.while_loop(more, body, running)
-
-
-def _on_the_host(function, running: _Running, *, strings: StopStrings | None, streamer, static: _Static, shift: int,
-                 end: int) -> _Running:
-    """Greedy decoding / sampling with stop strings or a streamer: the compiled loop runs ``HOST_CHUNK`` steps at a
-    time (its state carried from call to call), and the host goes through them step by step in between, as torch's
-    loop does after each token: the streamer gets the step's tokens, then the strings are checked. A row that
-    stopped inside a chunk had tokens decoded after its stop; they become padding (torch pads finished rows when
-    there is an eos, and otherwise keeps decoding them exactly as the device did), and the next chunk starts with
-    the row finished. The output ends at the first step where every row had finished, so the tokens (and what the
-    streamer got) are torch's. With per-step records and stop strings a chunk is one step: a finished row's later
-    scores are then those of its padding, as torch's."""
-    chunk = 1 if strings is not None and (static.record_scores or static.record_logits) else HOST_CHUNK
-    cur, alive = int(running.cur), np.array(running.unfinished)
-    eos = list(static.eos)
-    while True:
-        running = function(jnp.asarray(min(cur + chunk, end), jnp.int32), running)
-        reached, ids = int(running.cur), np.array(running.ids)
-        for t in range(cur, reached):  # the token written at slot t
-            if eos:
-                ids[~alive, t] = static.pad  # rows that stopped earlier in this chunk: torch pads them
-            if streamer is not None:
-                streamer.put(ids[:, t].copy())
-            done = np.isin(ids[:, t], eos)
-            if strings is not None:
-                done |= np.array(strings([row[max(shift, t + 1 - strings.window): t + 1] for row in ids.tolist()]),
-                                 dtype=bool)
-            alive &= ~done
-            if not alive.any():
-                reached = t + 1
-                break
-        cur = reached
-        running = running._replace(ids=jnp.asarray(ids), unfinished=jnp.asarray(alive),
-                                   cur=jnp.asarray(cur, jnp.int32))
-        if cur >= end or not alive.any():
-            if streamer is not None:
-                streamer.end()
-            return running
-
-
-def _finish(cfg: GenerationConfig, static: _Static, result: dict, *, shift: int, prompt: int):
-    """On the host: the outputs of the compiled function cut to what torch's generate() returns."""
-    ids = np.asarray(result["ids"])
-    if static.num_beams > 1:
-        n_return = static.num_return_sequences
-        sequences = ids.reshape(-1, static.num_beams, ids.shape[-1])[:, :n_return].reshape(-1, ids.shape[-1])
-        beam_scores = jnp.reshape(result["beam_scores"][:, :n_return], (-1,))
-        beam_indices = np.asarray(result["beam_indices"])[:, :n_return].reshape(sequences.shape[0], -1)
-        generated = int((beam_indices + 1).astype(bool).sum(axis=1).max())
-        sequences, beam_indices = sequences[:, shift: prompt + generated], beam_indices[:, :generated]
-        steps = int(result["steps"])
-    else:
-        length = int(result["length"])
-        sequences, steps = ids[:, shift: length], length - prompt
-    sequences = jnp.asarray(sequences, jnp.int32)
-    if not cfg.return_dict_in_generate:  # transformers' Flax convention: an output object even then (.sequences)
-        if static.num_beams > 1:
-            return GenerateBeamDecoderOnlyOutput(sequences=sequences)
-        return GenerateDecoderOnlyOutput(sequences=sequences)
-    scores = tuple(result["scores"][:, i] for i in range(steps)) if static.record_scores else None
-    logits = tuple(result["logits"][:, i] for i in range(steps)) if static.record_logits else None
-    if static.num_beams > 1:
-        return GenerateBeamDecoderOnlyOutput(
-            sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=scores,
-            logits=logits, beam_indices=jnp.asarray(beam_indices, jnp.int32))
-    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits)

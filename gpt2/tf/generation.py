@@ -11,7 +11,9 @@ transformers 4.57's PyTorch), decoded in one XLA-compiled ``tf.while_loop``.
 The rules -- which logits processors run and in which order, when a row stops, what finished rows are padded
 with, how beams are scored and finalized -- are gpt2/torch/generation.py's, decided framework-free in
 ``gpt2.common.decoding`` (settings merge, lengths, eos / padding, the unsupported options, the processors and their
-order). What is TensorFlow's is the plumbing:
+order); what the host does around a compiled loop (request checks, buckets, the compile key, stop strings and
+streamers between chunks, the outputs) is ``gpt2.common.host_loop``'s, shared with Flax. What is TensorFlow's is the
+plumbing:
 
 - one function per (batch, prompt bucket, buffer size, option signature), ``tf.function(jit_compile=True)``, kept
   on the model: the prompt is left-padded (mask 0) to a power-of-two bucket, so another prompt length in the same
@@ -27,8 +29,7 @@ order). What is TensorFlow's is the plumbing:
   one ``tf.while_loop`` whose step writes one token per row at a traced position (the mask opens one key per step);
   processors read the ids buffer rolled so that the prompt starts at 0 (the bucket's padding never shows). For
   greedy decoding and sampling the loop's whole state goes in and out of the function (``_continue``), so that the
-  host may run it in chunks: stop_strings are checked and a streamer is fed on the host between chunks of
-  ``HOST_CHUNK`` steps (``_on_the_host``), with the same compiled function;
+  host may run it in chunks (stop strings, streamer: host_loop.py ``run_in_chunks``), with the same function;
 - sampling draws from counter-based stateless RNG keyed by ``seed`` and the step: the same seed, the same tokens,
   compiled or not (not torch's tokens: its generator is another algorithm).
 
@@ -46,27 +47,20 @@ then (B*n, max_length), padded after each row's end (transformers' TF XLA rule),
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from ..common import loading
-from ..common.decoding import (Plan, StopStrings, bucket, check_attention_mask, check_inputs_embeds,
-                               check_options, check_prompt, check_token_range, check_token_type_ids, hashable,
-                               infer_mask, merge_settings, plan, processor_specs)
+from ..common.decoding import check_options, merge_settings, plan, processor_specs
 from ..common.generation import GenerationConfig
-from ..common.outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from ..common.host_loop import (Static, finish, prepare, run_in_chunks, split_specs, static_key, traced_specs,
+                                transition_index)
 from .beam_search import beam_search
 from .cache import KVCache
 from .logits_process import build_processors, gumbel, record_step, run_processors
 from .model import mask_value, scores_dtype
 from .stopping import Stop
-
-# Processor options that depend on the prompt's length (min_length, forced eos, the decay start, begin-suppress):
-# traced scalars, so that a new prompt length in the same bucket does not retrace.
-TRACED_OPTIONS = ("min_length", "at_length", "start")
-
 
 # -- the model behind generate() ------------------------------------------------------------------------------------
 class Decoder:
@@ -208,14 +202,14 @@ class GenerationMixin(loading.GenerativeModel):
         Compiled with XLA (``disable_compile=True``: the same loop, eagerly). ``stop_strings`` (greedy and
         sampling; they need ``tokenizer``, as in transformers) and ``streamer`` (``put(ids)`` / ``end()``, e.g.
         gpt2.common.streamers' TextStreamer; not with beam search, as in transformers): the compiled loop runs a
-        few steps at a time (``HOST_CHUNK``) and the host checks the strings and feeds the streamer in between; the
-        tokens are torch's. ``inputs_embeds`` (B, T, C): the prompt as embeddings, instead of input_ids (its
-        forward runs before the compiled loop); only the new ids come back, and max_length / min_length count the
-        prompt's positions, as in transformers. ``token_type_ids`` (B, T): the prompt's token types; every new
-        token takes the last column's. Not available in TF (refused by name): max_time, logits_processor,
-        stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they need the host at every step),
-        stop_strings with beam search, output_attentions / output_hidden_states; inside the caller's tf.function,
-        inputs_embeds and token_type_ids too.
+        few steps at a time (common/host_loop.py ``HOST_CHUNK``) and the host checks the strings and feeds the
+        streamer in between; the tokens are torch's. ``inputs_embeds`` (B, T, C): the prompt as embeddings, instead
+        of input_ids (its forward runs before the compiled loop); only the new ids come back, and max_length /
+        min_length count the prompt's positions, as in transformers. ``token_type_ids`` (B, T): the prompt's token
+        types; every new token takes the last column's. Not available in TF (refused by name): max_time,
+        logits_processor, stopping_criteria, prefix_allowed_tokens_fn, assistant_model (they need the host at every
+        step), stop_strings with beam search, output_attentions / output_hidden_states; inside the caller's
+        tf.function, inputs_embeds and token_type_ids too.
         """
         if "inputs" in kwargs:  # transformers' name for the first argument
             if input_ids is not None:
@@ -229,9 +223,10 @@ class GenerationMixin(loading.GenerativeModel):
                                                 prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                                                 token_type_ids=token_type_ids, assistant=assistant_model))
         return _generate(self, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
-                         seed=seed, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
-                         token_type_ids=token_type_ids, assistant=assistant_model, tokenizer=tokenizer)
+                         seed=seed, tokenizer=tokenizer,
+                         others=dict(logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                                     prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
+                                     token_type_ids=token_type_ids, assistant_model=assistant_model))
 
     def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
         """The score of each generated token at the step that chose it, (B*n, generated length), as transformers'
@@ -248,177 +243,31 @@ class GenerationMixin(loading.GenerativeModel):
         stacked = tf.stack(tuple(scores), axis=1)  # (rows, steps, V)
         if normalize_logits:
             stacked = tf.nn.log_softmax(stacked, axis=-1)
-        steps = stacked.shape[1]
-        if beam_indices is None:  # greedy / sampling: row i's scores chose row i's tokens
-            beam_indices = tf.broadcast_to(tf.range(stacked.shape[0])[:, None], [stacked.shape[0], steps])
-        beam_indices = tf.cast(beam_indices, tf.int32)
-        if beam_indices.shape[0] != sequences.shape[0]:
-            raise ValueError(f"beam_indices has {beam_indices.shape[0]} rows, sequences {sequences.shape[0]}")
-        valid = beam_indices >= 0
-        length = int(tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1)))
-        rows, valid = tf.maximum(beam_indices[:, :length], 0), valid[:, :length]
-        tokens = tf.cast(sequences[:, sequences.shape[-1] - length:], tf.int32)
-        where = tf.stack([rows, tf.broadcast_to(tf.range(length)[None, :], tf.shape(rows)), tokens], axis=-1)
-        return tf.where(valid, tf.gather_nd(stacked, where), tf.zeros((), stacked.dtype))
+        *where, valid = transition_index(sequences, beam_indices, rows=stacked.shape[0], steps=stacked.shape[1])
+        return tf.where(valid, tf.gather_nd(stacked, np.stack(where, axis=-1)), tf.zeros((), stacked.dtype))
 
 
-def _describe(x) -> tuple[tuple | None, str]:
-    """(shape, dtype name) of a tensor or array for the request checks; (None, type name) for anything else."""
-    if tf.is_tensor(x) or isinstance(x, np.ndarray):
-        return tuple(x.shape), str(x.dtype.name if tf.is_tensor(x) else x.dtype)
-    return None, type(x).__name__
-
-
-def _host(x) -> np.ndarray | None:
-    """A tensor, array or nested list as a numpy array (lists are what tokenizers return)."""
-    if x is None:
-        return None
-    if tf.is_tensor(x):
-        return x.numpy()
-    return np.asarray(x)
-
-
-def _check_request(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, logits_processor,
-                   stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant):
-    """Validate at the boundary, on the host, before anything is traced (the rules are common/decoding.py's);
-    returns (input_ids, attention_mask, inputs_embeds, token_type_ids) as numpy arrays: ids, mask and types int64
-    (the mask, embeds and types None when not given). With inputs_embeds alone, input_ids is a placeholder of its
-    (B, T) that generate() never shows (torch's rule); token types are range-checked here, before any gather."""
-    check_options(cfg, framework="tf", streamer=streamer, assistant_model=assistant,
-                  stopping_criteria=stopping_criteria, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
-                  logits_processor=logits_processor, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids,
-                  output_attentions=cfg.return_dict_in_generate and cfg.output_attentions,
-                  output_hidden_states=cfg.return_dict_in_generate and cfg.output_hidden_states)
-    V = model.config.vocab_size
-    embeds = None
-    if inputs_embeds is not None:
-        shape, dtype = _describe(inputs_embeds)
-        embeds = _host(inputs_embeds) if shape is not None else None
-        check_inputs_embeds(shape=shape, dtype=dtype, n_embd=model.config.n_embd, with_input_ids=input_ids is not None,
-                            floating=embeds is not None and embeds.dtype.kind == "f")
-        input_ids = np.zeros(embeds.shape[:2], dtype=np.int64)
-    if input_ids is None:
-        if cfg.bos_token_id is None:
-            raise ValueError("generate() needs input_ids, or a bos_token_id to start from")
-        input_ids = np.full((1, 1), cfg.bos_token_id, dtype=np.int64)
-    shape, dtype = _describe(input_ids)
-    ids = _host(input_ids)
-    if shape is None:
-        shape, dtype = ids.shape, f"{type(input_ids).__name__} of {ids.dtype}"
-    check_prompt(shape=shape, dtype=dtype, integer=ids.dtype.kind in "iu")
-    check_token_range(low=int(ids.min()), high=int(ids.max()), vocab_size=V)
-    mask = None
-    if attention_mask is not None:
-        mask = _host(attention_mask)
-        check_attention_mask(shape=mask.shape if mask.ndim else None, ids_shape=shape,
-                             binary=mask.shape == tuple(shape) and bool(np.isin(mask, (0, 1)).all()))
-        mask = mask.astype(np.int64)
-    types = None
-    if token_type_ids is not None:
-        types = _host(token_type_ids)
-        check_token_type_ids(shape=types.shape if types.ndim else None, ids_shape=shape, values=types,
-                             vocab_size=V)
-        types = types.astype(np.int64)
-    return ids.astype(np.int64), mask, embeds, types
-
-
-class _Static(NamedTuple):
-    """What one compiled function is specialised to (with the input shapes); everything else is traced."""
-
-    capacity: int  # slots of the ids buffer and the cache: the prompt bucket, then the new tokens' bucket
-    specs: tuple  # per processor: its name, its static options, the names of its traced ones
-    eos: tuple
-    pad: int | None
-    do_sample: bool
-    num_beams: int
-    num_return_sequences: int
-    early_stopping: object
-    length_penalty: float
-    record_scores: bool
-    record_logits: bool
-
-
-def _static_specs(specs) -> tuple[tuple, list[int]]:
-    """Split each spec's options into static ones (in the key) and the traced numbers (TRACED_OPTIONS)."""
-    static, numbers = [], []
-    for spec in specs:
-        traced = tuple(k for k in TRACED_OPTIONS if spec.options.get(k) is not None)
-        numbers += [int(spec.options[k]) for k in traced]
-        static.append((spec.name, hashable({k: v for k, v in spec.options.items() if k not in traced}), traced))
-    return tuple(static), numbers
-
-
-def _processors(static: _Static, numbers: tf.Tensor, vocab_size: int):
-    """The processors, built inside the trace with the traced numbers in place of the length-dependent options."""
-    from ..common.decoding import ProcessorSpec
-
-    specs, i = [], 0
-    for name, options, traced in static.specs:
-        options = {k: (dict(v) if k == "bias" else list(v) if isinstance(v, tuple) else v) for k, v in options}
-        for k in traced:
-            options[k], i = numbers[i], i + 1
-        specs.append(ProcessorSpec(name, options))
-    return build_processors(specs, vocab_size=vocab_size)
-
-
-def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, seed, logits_processor,
-              stopping_criteria, prefix_allowed_tokens_fn, inputs_embeds, token_type_ids, assistant, tokenizer=None):
+def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, streamer, seed, tokenizer, others: dict):
     if not model.built:  # the prompt pass runs the trunk's layers directly: build the model as a whole first
         model.build()
-    strings = None
-    if cfg.stop_strings is not None:
-        if cfg.num_beams > 1:
-            raise ValueError("generate(): stop_strings with beam search (num_beams > 1) is not supported in tf (each "
-                             "step's candidate beams would need the host)")
-        strings = StopStrings(cfg.stop_strings, tokenizer)
-    ids, mask, embeds, types = _check_request(model, cfg, input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
-                               logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                               prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, inputs_embeds=inputs_embeds,
-                               token_type_ids=token_type_ids, assistant=assistant)
-    V = model.config.vocab_size
-    B, T = ids.shape
-    run = plan(cfg, input_length=T, max_positions=model.config.n_positions, vocab_size=V,
-               has_attention_mask=mask is not None, from_embeds=embeds is not None)
-    pad = run.pad
-    if infer_mask(run, ids, has_attention_mask=mask is not None, from_embeds=embeds is not None):
-        mask = (ids != pad).astype(np.int64)  # transformers infers the mask from the padding
-    if mask is None:
-        mask = np.ones_like(ids)
-    if run.rows_per_prompt > 1:
-        ids, mask, embeds, types = (np.repeat(x, run.rows_per_prompt, axis=0) if x is not None else None
-                                    for x in (ids, mask, embeds, types))
-    specs = processor_specs(cfg, run, vocab_size=V)
-    spec_key, numbers = _static_specs(specs)
-    # the prompt left-padded to its bucket (mask 0: never seen, and the positions restart at the first real token)
-    P = bucket(T)
-    shift = P - T
-    ids = np.concatenate([np.zeros((ids.shape[0], shift), np.int64), ids], axis=1).astype(np.int32)
-    mask = np.concatenate([np.zeros((mask.shape[0], shift), np.int64), mask], axis=1).astype(np.int32)
-    if embeds is not None:  # the bucket's padding embeds zeros (mask 0: never seen)
-        embeds = np.concatenate([np.zeros((embeds.shape[0], shift, embeds.shape[2]), embeds.dtype), embeds], axis=1)
+    request = prepare(cfg, framework="tf", config=model.config, input_ids=input_ids, attention_mask=attention_mask,
+                      streamer=streamer, tokenizer=tokenizer, others=others, traced_floats=False)
+    static, P = request.static, request.prompt
+    embeds, types, last_types = request.embeds, request.types, request.last_types
+    if embeds is not None:
         embeds = tf.cast(tf.constant(embeds), model.compute_dtype)
-    last_types = None
     if types is not None:
-        types = np.concatenate([np.zeros((types.shape[0], shift), np.int64), types], axis=1).astype(np.int32)
-        types, last_types = tf.constant(types), tf.constant(types[:, -1:])  # the loop adds the last column's type
-    # the first slot the caller, processors, stop strings and streamer see: the prompt's (shift), or with an
-    # inputs_embeds prompt the first generated one (its slots hold no ids)
-    start = shift + run.offset
-    static = _Static(capacity=P + bucket(run.max_length - T), specs=spec_key, eos=run.eos, pad=pad,
-                     do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
-                     num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
-                     length_penalty=float(cfg.length_penalty),
-                     record_scores=bool(cfg.return_dict_in_generate and cfg.output_scores),
-                     record_logits=bool(cfg.return_dict_in_generate and cfg.output_logits))
+        types, last_types = tf.constant(types), tf.constant(last_types)  # the loop adds the last column's type
     if isinstance(seed, tf.random.Generator):
         seed = seed.uniform_full_int([2], dtype=tf.int64)
     elif seed is None:
         seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
     else:
         seed = tf.constant([int(seed) >> 32, int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed], tf.int64)
-    ids, mask = tf.constant(ids), tf.constant(mask)
-    end = tf.constant(shift + run.max_length, tf.int32)
-    args = (mask, tf.constant(start, tf.int32), end, tf.constant(numbers or [0], tf.int32), seed, last_types)
+    ids, mask = tf.constant(request.ids), tf.constant(request.mask)
+    end = tf.constant(request.end, tf.int32)
+    args = (mask, tf.constant(request.start, tf.int32), end, tf.constant(request.numbers or [0], tf.int32), seed,
+            last_types)
     decode = _decode if static.num_beams > 1 else _continue
     if cfg.disable_compile:
         function, prompt = functools.partial(decode, model, static), prefill(model, ids, mask, embeds, types)
@@ -439,57 +288,17 @@ def _generate(model, cfg: GenerationConfig, *, input_ids, attention_mask, stream
         running = _start(Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt),
                          tf.concat([ids, tf.zeros([ids.shape[0], static.capacity - P], tf.int32)], axis=1),
                          static=static)
-        if strings is None and streamer is None:
+        if request.strings is None and streamer is None:
             running = function(*args, end, running)
-        else:
-            if streamer is not None:  # the prompt first, as torch's (and transformers') generate
-                streamer.put(ids.numpy()[:, start:])
-            running = _on_the_host(function, args, running, strings=strings, streamer=streamer, static=static,
-                                   shift=start, end=int(end))
+        else:  # the host checks the strings and feeds the streamer between chunks (common/host_loop.py)
+            running = run_in_chunks(
+                request, running, streamer=streamer,
+                advance=lambda r, until: function(*args, tf.constant(until, tf.int32), r),
+                read=lambda r: (int(r["cur"]), r["ids"].numpy().copy()),
+                write=lambda r, ids, alive, cur: dict(r, ids=tf.constant(ids), unfinished=tf.constant(alive),
+                                                      cur=tf.constant(cur)))
         result = _result(running)
-    return _finish(model, cfg, run, static, result, shift=start, prompt=P)
-
-
-# Steps per compiled call between two visits of the host (stop strings, streamer): few enough that little is decoded
-# past a stop and tokens reach a streamer early, enough that the calls' overhead stays small against the steps' work.
-HOST_CHUNK = 8
-
-
-def _on_the_host(function, args, running: dict, *, strings: StopStrings | None, streamer, static: _Static,
-                 shift: int, end: int) -> dict:
-    """Greedy decoding / sampling with stop strings or a streamer: the compiled loop runs ``HOST_CHUNK`` steps at a
-    time (its state carried from call to call), and the host goes through them step by step in between, as torch's
-    loop does after each token: the streamer gets the step's tokens, then the strings are checked
-    (common/decoding.py StopStrings). A row that stopped inside a chunk had tokens decoded after its stop; they
-    become padding (torch pads finished rows when there is an eos, and otherwise keeps decoding them exactly as the
-    device did), and the next chunk starts with the row finished. The output ends at the first step where every row
-    had finished, so the tokens (and what the streamer got) are torch's. With per-step records (output_scores /
-    output_logits) and stop strings a chunk is one step: a finished row's later scores are then those of its
-    padding, as torch's."""
-    chunk = 1 if strings is not None and (static.record_scores or static.record_logits) else HOST_CHUNK
-    cur, alive = int(running["cur"]), running["unfinished"].numpy().copy()
-    eos = list(static.eos)
-    while True:
-        running = function(*args, tf.constant(min(cur + chunk, end), tf.int32), running)
-        reached, ids = int(running["cur"]), running["ids"].numpy().copy()
-        for t in range(cur, reached):  # the token written at slot t
-            if eos:
-                ids[~alive, t] = static.pad  # rows that stopped earlier in this chunk: torch pads them
-            if streamer is not None:
-                streamer.put(ids[:, t].copy())
-            done = np.isin(ids[:, t], eos)
-            if strings is not None:
-                done |= np.array(strings([row[max(shift, t + 1 - strings.window): t + 1] for row in ids.tolist()]))
-            alive &= ~done
-            if not alive.any():
-                reached = t + 1
-                break
-        cur = reached
-        running = dict(running, ids=tf.constant(ids), unfinished=tf.constant(alive), cur=tf.constant(cur))
-        if cur >= end or not alive.any():
-            if streamer is not None:
-                streamer.end()
-            return running
+    return finish(cfg, request, result, array=tf.constant, sequences_only=True)
 
 
 def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask, seed, others: dict):
@@ -526,11 +335,8 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
         mask = tf.ones_like(ids)
     if run.rows_per_prompt > 1:
         ids, mask = tf.repeat(ids, run.rows_per_prompt, axis=0), tf.repeat(mask, run.rows_per_prompt, axis=0)
-    spec_key, numbers = _static_specs(processor_specs(cfg, run, vocab_size=V))
-    static = _Static(capacity=run.max_length, specs=spec_key, eos=run.eos, pad=run.pad,
-                     do_sample=bool(cfg.do_sample), num_beams=cfg.num_beams,
-                     num_return_sequences=cfg.num_return_sequences, early_stopping=cfg.early_stopping,
-                     length_penalty=float(cfg.length_penalty), record_scores=False, record_logits=False)
+    specs, numbers, _ = split_specs(processor_specs(cfg, run, vocab_size=V), floats=False)
+    static = static_key(cfg, run, capacity=run.max_length, specs=specs)  # records: refused above
     if seed is None:
         seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
     seed = tf.cast(tf.stack([0, seed]) if tf.convert_to_tensor(seed).shape.rank == 0 else seed, tf.int64)
@@ -544,14 +350,14 @@ def _generate_traced(model, cfg: GenerationConfig, *, input_ids, attention_mask,
     return tf.where(tf.range(run.max_length)[None, :] < result["length"], out, fill)
 
 
-def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed, types, prompt: dict | None = None):
+def _decode(model, static: Static, ids, mask, shift, max_length, numbers, seed, types, prompt: dict | None = None):
     """The whole decoding, traceable: the prompt's forward (unless ``prompt`` holds it already), then the loop.
     ``shift``: the first slot processors see (the bucket's padding before the prompt; with an inputs_embeds prompt,
     the prompt too); ``max_length``: where rows stop, in buffer slots (the bucket's padding + the plan's
     max_length); ``types``: None, or (B, 1) the token type of every new token."""
     model.__dict__["_generate_traces"] = model.__dict__.get("_generate_traces", 0) + 1  # at trace time only
     B, P = ids.shape
-    processors = _processors(static, numbers, model.config.vocab_size)
+    processors = build_processors(traced_specs(static.specs, numbers), vocab_size=model.config.vocab_size)
     stop = Stop(eos=list(static.eos), max_length=max_length)
     decoder = Decoder(model, ids, attention_mask=mask, max_length=static.capacity, prompt=prompt,
                       token_type_ids=types)
@@ -566,13 +372,13 @@ def _decode(model, static: _Static, ids, mask, shift, max_length, numbers, seed,
     return _result(running)
 
 
-def _continue(model, static: _Static, mask, shift, max_length, numbers, seed, types, until, running: dict) -> dict:
+def _continue(model, static: Static, mask, shift, max_length, numbers, seed, types, until, running: dict) -> dict:
     """Greedy decoding / sampling from ``running`` (the prompt's forward done, maybe some steps too) until slot
     ``until`` or the end (max_length, every row finished): the compiled function of generate() for one beam. The
     state comes in and goes out whole, so that the host may run it in chunks (stop strings)."""
     model.__dict__["_generate_traces"] = model.__dict__.get("_generate_traces", 0) + 1  # at trace time only
     P = mask.shape[1]
-    processors = _processors(static, numbers, model.config.vocab_size)
+    processors = build_processors(traced_specs(static.specs, numbers), vocab_size=model.config.vocab_size)
     stop = Stop(eos=list(static.eos), max_length=max_length)
     decoder = Decoder(model, running["ids"][:, :P], attention_mask=mask, max_length=static.capacity,
                       token_type_ids=types, state=running["state"])
@@ -590,7 +396,7 @@ def _result(running: dict) -> dict:
     return dict(ids=running["ids"], length=running["cur"], scores=running["scores"], logits=running["logits"])
 
 
-def _start(decoder: Decoder, ids, *, static: _Static) -> dict:
+def _start(decoder: Decoder, ids, *, static: Static) -> dict:
     """The loop's first state: the prompt's forward (or the prefill's), nothing generated."""
     B, C = ids.shape
     prompt = int(decoder.prompt_positions.shape[1])
@@ -601,7 +407,7 @@ def _start(decoder: Decoder, ids, *, static: _Static) -> dict:
                               tf.zeros([B, steps, V] if static.record_logits else [0]), decoder._state())))
 
 
-def _sample(decoder: Decoder, running: dict, *, static: _Static, shift, max_length, until, processors,
+def _sample(decoder: Decoder, running: dict, *, static: Static, shift, max_length, until, processors,
             stop: Stop, seed) -> dict:
     """Greedy decoding and sampling (transformers' ``_sample``), one token per row per step, in a while_loop from
     ``running`` until slot ``until`` (or max_length, or every row finished)."""
@@ -641,30 +447,3 @@ def _sample(decoder: Decoder, running: dict, *, static: _Static, shift, max_leng
 
     out = tf.while_loop(more, body, tuple(running[k] for k in RUNNING), maximum_iterations=C - prompt)
     return dict(zip(RUNNING, out))
-
-
-def _finish(model, cfg: GenerationConfig, run: Plan, static: _Static, result: dict, *, shift: int, prompt: int):
-    """On the host: the outputs of the compiled function cut to what torch's generate() returns."""
-    ids = result["ids"].numpy()
-    if static.num_beams > 1:
-        n_return = static.num_return_sequences
-        sequences = ids.reshape(-1, static.num_beams, ids.shape[-1])[:, :n_return].reshape(-1, ids.shape[-1])
-        beam_scores = tf.reshape(result["beam_scores"][:, :n_return], [-1])
-        beam_indices = result["beam_indices"].numpy()
-        beam_indices = beam_indices[:, :n_return].reshape(sequences.shape[0], -1)
-        generated = int((beam_indices + 1).astype(bool).sum(axis=1).max())
-        sequences, beam_indices = sequences[:, shift: prompt + generated], beam_indices[:, :generated]
-        steps = int(result["steps"])
-    else:
-        length = int(result["length"])
-        sequences, steps = ids[:, shift: length], length - prompt
-    sequences = tf.constant(sequences, tf.int32)
-    if not cfg.return_dict_in_generate:
-        return sequences
-    scores = tuple(tf.unstack(result["scores"][:, :steps], axis=1)) if static.record_scores else None
-    logits = tuple(tf.unstack(result["logits"][:, :steps], axis=1)) if static.record_logits else None
-    if static.num_beams > 1:
-        return GenerateBeamDecoderOnlyOutput(
-            sequences=sequences, sequences_scores=beam_scores if cfg.output_scores else None, scores=scores,
-            logits=logits, beam_indices=tf.constant(beam_indices, tf.int32))
-    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits)
