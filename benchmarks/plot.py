@@ -71,7 +71,7 @@ def footer(docs: dict[str, dict]) -> str:
         m, v = doc["machine"], doc["versions"]
         wanted = [k for k in VERSIONS.get(stem, ("transformers",)) if k in v]
         load = f"load {m.get('load_start')} -> {m.get('load_end')}"
-        smoke = " SMOKE RUN (tiny shapes): figures meaningless;" if doc.get("smoke") else ""
+        smoke = " SMOKE RUN (--small / --quick): figures meaningless;" if doc.get("smoke") else ""
         lines.append(f"{stem}.json:{smoke} {doc['started_utc'].replace('T', ' ').replace('Z', ' UTC')}, {m['cpu']}, "
                      f"{m['cores']} cores, {load}; python {v.get('python')}, "
                      + ", ".join(f"{k} {v[k]}" for k in wanted))
