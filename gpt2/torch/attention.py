@@ -62,6 +62,15 @@ class OneThread:
                 and not torch.compiler.is_compiling()):
             self.threads = torch.get_num_threads()
 
+    @classmethod
+    def when(cls, small: bool) -> "OneThread":
+        """One intra-op thread inside the ``with`` when ``small`` (the caller's rule: CPU work too small to share),
+        else no change; nothing changes while torch.compile traces. generate() runs each token's processors and
+        choice this way (generation.py)."""
+        self = cls.__new__(cls)
+        self.threads = torch.get_num_threads() if small and not torch.compiler.is_compiling() else 0
+        return self
+
     def __enter__(self) -> None:
         if self.threads > 1:
             torch.set_num_threads(1)

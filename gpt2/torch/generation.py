@@ -31,12 +31,16 @@ from ..common.decoding import (Plan, StepRecord, StopStrings, check_attention_ma
 from ..common.generation import GenerationConfig
 from ..common.outputs import GenerateDecoderOnlyOutput
 from ..common.streamers import BaseStreamer
+from .attention import OneThread
 from .beam_search import beam_search
 from .cache import KVCache
 from .logits_process import build_processors, run_processors
 from .compiled import LateCheck, use_late_check
 from .stopping import Stop
 
+# A step's scores (rows x vocabulary) of at most this many elements are processed on one CPU thread (_one_thread):
+# gpt2's vocabulary for one or two rows.
+ONE_THREAD_SCORES = 1 << 17
 
 
 # -- the model behind generate() ------------------------------------------------------------------------------------
@@ -312,20 +316,22 @@ def _sample(decoder: Decoder, input_ids, *, run: Plan, cfg: GenerationConfig, pr
     record = StepRecord(cfg)
     late = LateCheck(device) if use_late_check(device, streamer, cfg.return_dict_in_generate, stop) else None
     cur, next_logits = T, decoder(input_ids)
+    one_thread = _one_thread(next_logits)
     while True:
-        next_scores = run_processors(processors, seen, cur - start, next_logits)
-        record.add(scores=next_scores, logits=next_logits, output=decoder.last_output)
-        if cfg.do_sample:
-            next_tokens = torch.multinomial(F.softmax(next_scores, dim=-1), 1, generator=generator).squeeze(1)
-        else:
-            next_tokens = torch.argmax(next_scores, dim=-1)
-        if run.eos:  # finished rows get padding
-            next_tokens = torch.where(unfinished, next_tokens, run.pad)
-        ids[:, cur] = next_tokens
-        cur += 1
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
-        unfinished &= ~stop(ids[:, :cur], record.get("scores"))
+        with OneThread.when(one_thread):
+            next_scores = run_processors(processors, seen, cur - start, next_logits)
+            record.add(scores=next_scores, logits=next_logits, output=decoder.last_output)
+            if cfg.do_sample:
+                next_tokens = torch.multinomial(F.softmax(next_scores, dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                next_tokens = torch.argmax(next_scores, dim=-1)
+            if run.eos:  # finished rows get padding
+                next_tokens = torch.where(unfinished, next_tokens, run.pad)
+            ids[:, cur] = next_tokens
+            cur += 1
+            if streamer is not None:
+                streamer.put(next_tokens.cpu())
+            unfinished &= ~stop(ids[:, :cur], record.get("scores"))
         done_at = late.done() if late is not None else None
         if done_at is not None:  # every row had finished one step ago: drop this step's token
             cur = done_at
@@ -345,6 +351,16 @@ def _sample(decoder: Decoder, input_ids, *, run: Plan, cfg: GenerationConfig, pr
     return GenerateDecoderOnlyOutput(sequences=ids[:, start:cur], scores=record.get("scores"),
                                      logits=record.get("logits"), attentions=record.get("attentions"),
                                      hidden_states=record.get("hidden_states"), past_key_values=decoder.cache)
+
+
+def _one_thread(logits: torch.Tensor) -> bool:
+    """Whether a step's processors and choice of token run on one CPU thread (attention.OneThread): when its scores
+    hold at most ONE_THREAD_SCORES elements. Elementwise ops over more than 32 Ki elements (the vocabulary of one
+    row) are split over ATen's threads, so each token paid a fork/join for microseconds of work, and the woken
+    thread then spun: on a loaded machine it took a core from the step's products (one row's run on one thread
+    anyway), and 64 tokens of the gpt2 shape took 1.27x as long in all (benchmarks/bench_torch.py's decode, 2
+    threads, the machine shared with a training job)."""
+    return logits.device.type == "cpu" and logits.numel() <= ONE_THREAD_SCORES
 
 
 def _fixed_step(model, cfg: GenerationConfig, device) -> tuple[str, dict | None, bool] | None:

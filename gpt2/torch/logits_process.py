@@ -93,9 +93,16 @@ def _no_repeat_ngram(*, n: int, vocab_size: int, device) -> Processor:
 
 def _min_length(*, min_length: int, eos: list[int], vocab_size: int, device) -> Processor:
     """No eos before ``min_length`` ids (min_length and min_new_tokens both resolve to it)."""
-    eos_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    eos_mask[[i for i in eos if i < vocab_size]] = True
-    return lambda ids, length, s: torch.where(eos_mask, -math.inf, s) if length < min_length else s
+    return _fill_columns(eos, lambda length: length < min_length, vocab_size=vocab_size, device=device)
+
+
+def _fill_columns(tokens, when, *, vocab_size: int, device) -> Processor:
+    """-inf in the columns ``tokens`` (ids outside the vocabulary ignored, as torch.isin does) when ``when(length)``:
+    a copy of the scores with a few columns filled (index_fill), not a pass over the vocabulary (torch.where with a
+    (V,) mask: ~5x the time on the CPU for one row, and split over ATen's threads)."""
+    columns = torch.tensor(sorted({int(i) for i in tokens if 0 <= int(i) < vocab_size}), dtype=torch.long,
+                           device=device)
+    return lambda ids, length, s: s.index_fill(1, columns, -math.inf) if when(length) else s
 
 
 def _force(*, token, at_length: int, vocab_size: int, device) -> Processor:
@@ -128,8 +135,7 @@ def _decay_penalty(*, start: int, factor: float, eos: list[int], vocab_size: int
 
 def _suppress(*, tokens, at_length: int | None, vocab_size: int, device) -> Processor:
     """-inf for ``tokens``, at every step (``at_length`` None) or when the ids are ``at_length`` long."""
-    mask = torch.isin(torch.arange(vocab_size, device=device), torch.tensor(list(tokens), device=device))
-    return lambda ids, length, s: torch.where(mask, -math.inf, s) if at_length in (None, length) else s
+    return _fill_columns(tokens, lambda length: at_length in (None, length), vocab_size=vocab_size, device=device)
 
 
 def _prefix_allowed(fn, num_beams: int) -> Processor:
