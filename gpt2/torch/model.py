@@ -50,6 +50,12 @@ def activation(name: str):
     return ACTIVATION_FUNCTIONS[name]
 
 
+def _dropout(layer: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in training mode; in eval mode, where it returns ``x``, not called: three module calls per layer
+    and decoding step saved (~3 us each on the CPU; forward hooks on a Dropout in eval mode do not run)."""
+    return layer(x) if layer.training else x
+
+
 def _in_out(layer: nn.Module) -> nn.Module:
     """``layer`` (nn.Linear or the token table) with its weight's shape unchanged, [out, in], but its memory in
     [in, out] order (column-major), as GPT-2's checkpoints store it. Decoding multiplies one row x (1, in) by every
@@ -101,9 +107,9 @@ class Attention(nn.Module):
                     cache.set_cross(self.layer_idx, k, v)
             else:
                 k, v = held
-        else:
-            q, k, v = self.c_attn(x).split(C, dim=2)
-            q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (B, nh, T, hs)
+        else:  # the views that split + _heads give, in 3 ops rather than 9 (each a few us on a decoding step)
+            qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
         dropout = self.attn_dropout.p if self.training else 0.0
@@ -120,7 +126,7 @@ class Attention(nn.Module):
             y = sdpa_attention(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, dropout=dropout,
                                upcast=self.upcast)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y)), probs
+        return _dropout(self.resid_dropout, self.c_proj(y)), probs
 
 
 class MLP(nn.Module):
@@ -132,7 +138,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return _dropout(self.dropout, self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -247,7 +253,7 @@ class GPT2Model(GPT2PreTrainedModel):
         x = x + self.wpe(position_ids.view(-1, T))
         if token_type_ids is not None:  # GPT-2 embeds token types with the token table, as transformers does
             x = x + self.wte(token_type_ids.view(-1, T))
-        return self.drop(x)
+        return _dropout(self.drop, x)
 
     def core(self, x, *, mask=None, is_causal=False, cache: KVCache | None = None, head_masks=None,
              encoder_hidden_states=None, encoder_mask=None, padding_mask=None, encoder_padding_mask=None,
