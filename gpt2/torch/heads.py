@@ -26,11 +26,57 @@ IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from position t (labels are the inputs, unshifted), in fp32."""
-    shift_logits = logits[..., :-1, :].float()
-    shift_labels = labels[..., 1:].to(logits.device)
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy of predicting token t+1 from position t (labels are the inputs, unshifted), in fp32.
+
+    The labels are shifted instead of the logits: position t's label is labels[t + 1] and the last position's is
+    ignored, which is transformers' loss (the same terms, the same mean) without copying the (..., T - 1, V) slice.
+    ``_CrossEntropy`` computes it and, when the logits need a gradient, the gradient too, a few rows at a time.
+    """
+    labels = labels.to(logits.device)
+    shifted = torch.cat([labels[..., 1:], labels.new_full((*labels.shape[:-1], 1), IGNORE_INDEX)], dim=-1)
+    return _CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1))
+
+
+# Rows of logits that _CrossEntropy takes at a time: 32 x 50257 fp32 values (6 MiB) stay in the cache between the
+# passes over them (the log-sum-exp, the target's logit, the gradient), where whole (N, V) passes go to memory.
+CROSS_ENTROPY_ROWS = 32
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """F.cross_entropy(logits (N, V), labels (N,), ignore_index=IGNORE_INDEX) in fp32, mean over the counted rows,
+    with d loss / d logits = (softmax - one_hot) / count computed in the forward pass, CROSS_ENTROPY_ROWS rows at a
+    time while they are in the cache; backward scales it. The same values as log_softmax + nll_loss within fp32
+    rounding, without their (N, V) intermediates (log-probabilities, the gradient of nll_loss, the shifted copy),
+    and one fp32 (N, V) tensor held for backward, as log_softmax holds its output. Every label counted must be a
+    class index (0 <= label < V): another is an error, as F.cross_entropy's. No labels counted: the loss is NaN
+    (0 / 0, as F.cross_entropy) and the gradient is zero."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        keep = labels != IGNORE_INDEX  # (N,)
+        count = keep.sum().to(torch.float32)
+        target = labels.masked_fill(~keep, 0)[:, None]  # (N, 1)
+        grad = torch.empty(logits.shape, dtype=torch.float32, device=logits.device) \
+            if ctx.needs_input_grad[0] else None
+        weight = torch.where(keep, 1.0 / count, 0.0)  # (N,): 1 / count where counted (0 / 0 is never formed)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        with torch.autocast(logits.device.type, enabled=False):
+            for start in range(0, logits.shape[0], CROSS_ENTROPY_ROWS):
+                rows = slice(start, start + CROSS_ENTROPY_ROWS)
+                part = logits[rows].float()  # (n, V); fp32 logits are read in place, never written
+                lse = torch.logsumexp(part, dim=-1)  # (n,)
+                total += ((lse - part.gather(1, target[rows]).squeeze(1)) * keep[rows]).sum()
+                if grad is not None:
+                    g = torch.sub(part, lse[:, None], out=grad[rows]).exp_()  # softmax
+                    g.scatter_add_(1, target[rows], g.new_full(target[rows].shape, -1.0))
+                    g.mul_(weight[rows, None])
+        ctx.save_for_backward(grad)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None
 
 
 def _trunk_args(input_ids, past_key_values, attention_mask, token_type_ids, position_ids, head_mask,
