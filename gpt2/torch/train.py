@@ -2,11 +2,12 @@
 
 Everything that is the same in the three frameworks (options, data, schedule, weight-decay rule, the run folder,
 metrics, the loss plot, refusals) lives in ``gpt2/common/training.py`` and ``gpt2/common/data.py``; this file is
-the PyTorch half: the model (GPT-2's own init for a new one, ``from_pretrained`` to fine-tune or resume),
-``torch.optim.AdamW`` (fused) with two parameter groups over row-major parameters, ``LambdaLR`` over the common schedule, gradient accumulation
-(micro-batch losses / grad_accum summed by backward), ``clip_grad_norm_``, mixed precision (bf16 autocast on CPU and
-GPU; fp16 autocast + ``torch.amp.GradScaler`` on CUDA only), and data parallelism through ``torchrun``:
-DistributedDataParallel (default) or FSDP2 (``fully_shard``), every rank reading its own rows of the global batch.
+the PyTorch half: the model (GPT-2's own init for a new one, ``from_pretrained`` to fine-tune or resume), trained
+in row-major parameter order, fused ``torch.optim.AdamW`` with two parameter groups, ``LambdaLR`` over the common
+schedule, gradient accumulation (micro-batch losses / grad_accum summed by backward), ``clip_grad_norm_``, mixed
+precision (bf16 autocast on CPU and GPU; fp16 autocast + ``torch.amp.GradScaler`` on CUDA only), and data
+parallelism through ``torchrun``: DistributedDataParallel (default) or FSDP2 (``fully_shard``), every rank reading
+its own rows of the global batch.
 
 >>> from gpt2.torch.train import train
 >>> summary = train(framework="torch", data="corpus.txt", config="gpt2", out="run1", steps=1000, batch_size=8)
