@@ -30,6 +30,7 @@ class KVCache:
         self.length = 0  # tokens held (the same for every layer once a forward has finished)
         self.static = False
         self.position: torch.Tensor | None = None  # set by at(): write there, at fixed shapes
+        self.window: int | None = None  # with a position: return the first ``window`` positions only (None: all)
         self.cross_keys: list[torch.Tensor] = []  # encoder keys / values per layer (cross-attention), once computed
         self.cross_values: list[torch.Tensor] = []
 
@@ -52,8 +53,9 @@ class KVCache:
 
     def at(self, position: torch.Tensor) -> "KVCache":
         """This static cache's buffers, written at ``position`` ((T,) long, on their device) by ``update``, which then
-        returns the whole buffers. Shares the buffers (and the lists holding them) with ``self``; the caller
-        advances ``self``'s length."""
+        returns the whole buffers, or their first ``window`` positions when the caller sets that (an uncaptured step
+        on the CPU: compiled.py). Shares the buffers (and the lists holding them) with ``self``; the caller advances
+        ``self``'s length."""
         if not self.static:
             raise ValueError("KVCache.at: only a static cache has fixed buffers to write at a position")
         view = KVCache()
@@ -91,6 +93,8 @@ class KVCache:
         if self.position is not None:  # index_copy_: the position is a tensor, never read on the host
             self.keys[layer].index_copy_(2, self.position, k)
             self.values[layer].index_copy_(2, self.position, v)
+            if self.window is not None:
+                return self.keys[layer][:, :, :self.window], self.values[layer][:, :, :self.window]
             return self.keys[layer], self.values[layer]
         start = self.length
         end = start + k.shape[-2]

@@ -11,7 +11,8 @@ step's up to float summation order; generate() is token for token the same (test
 It is the trunk's own code (GPT2Model.embed and GPT2Model.core, the Block and Attention of model.py): only the
 boundary differs, and the cache's write rule (KVCache.at). When generate() uses it (generation._fixed_step,
 docs/generation.md): by default on a CUDA device, as a CUDA graph kept for the next call of the same shape, and on
-the CPU, run as it is ("fixed": per token it skips forward's host checks, mask building and cache slicing); on any
+the CPU, run as it is ("fixed": per token it skips forward's host checks and mask building; with nothing captured,
+it attends over the n + 1 positions written, not the whole buffer: the same numbers up to summation order); on any
 device with ``compile_config=...`` (transformers' CompileConfig fields: fullgraph, dynamic, backend, mode,
 options), through torch.compile. ``disable_compile=True`` turns it off. Never with output_attentions /
 output_hidden_states, token types or dropout (training mode): those take the eager step.
@@ -68,7 +69,8 @@ class FixedStep:
     """The fixed-shape step over a static ``cache`` of capacity L, for rows whose first ``T`` positions hold the
     prompt (``attention_mask`` (B, T) marks its left padding, or None). ``step(ids, positions, n)`` writes position
     ``n`` and returns the logits (B, V) fp32; ``how`` is "cuda_graph", "compile" (with ``options``) or "fixed"
-    (decode_step run as it is: the same shapes and numbers without capture, which the CPU tests use).
+    (decode_step run as it is, without capture, over the positions written so far: the CPU's default, which the
+    CPU tests use; the whole buffer's shapes are tested through "compile").
 
     ``FixedStep.for_run`` keeps the last one on the model: the next generate() of the same batch size, cache
     bucket and dtype re-uses its graph and buffers instead of capturing again (``release()`` frees it for that).
@@ -128,8 +130,11 @@ class FixedStep:
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
         self.position.fill_(n)
         self.mask.select(3, n).fill_(0.0)  # the new token sees itself, and every later token sees it
-        if self.how == "fixed":  # nothing captured: the caller's ids and positions as they are, new logits
-            return decode_step(self.model_ref(), ids, positions, self.mask, self.at_position)
+        if self.how == "fixed":  # nothing captured: the caller's ids and positions as they are, new logits, and
+            # only the n + 1 positions written attended over (shapes may grow): the whole buffer is read every token
+            # otherwise, up to max_length positions where the eager step reads n + 1
+            self.at_position.window = n + 1
+            return decode_step(self.model_ref(), ids, positions, self.mask[:, :, :, :n + 1], self.at_position)
         self.ids.copy_(ids)
         self.positions.copy_(positions)
         if self.how == "compile":  # cudagraph trees (mode="reduce-overhead") re-use their output buffers

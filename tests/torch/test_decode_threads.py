@@ -90,3 +90,22 @@ def test_filled_columns_equal_a_vocabulary_mask(tokens):
     begin = _suppress(tokens=tokens, at_length=2, vocab_size=V, device="cpu")
     assert torch.equal(begin(ids, 2, scores), reference) and begin(ids, 3, scores) is scores
     assert not torch.equal(scores, reference) or not mask.any()  # the caller's scores are left as they were
+
+
+def test_cpu_step_attends_over_the_positions_written(monkeypatch):
+    """The CPU's default step (compiled.FixedStep, "fixed": nothing captured) reads the n + 1 cached positions of
+    step n, as the eager step does, not the whole buffer of max_length positions; the same tokens."""
+    import gpt2.torch.attention as attention
+
+    m = model()
+    keys = []
+    original = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: keys.append(k.shape[-2]) or original(q, k, v, **kw))
+    kwargs = dict(max_length=40, min_length=40, pad_token_id=0)
+    expected = [n for n in range(6, 40) for _ in range(2)]  # the prompt's 6, then 7, 8, ... 39; 2 layers each
+    out = m.generate(IDS[:1], **kwargs)
+    assert keys == expected
+    keys.clear()
+    eager = m.generate(IDS[:1], disable_compile=True, **kwargs)
+    assert torch.equal(out, eager) and keys == expected
