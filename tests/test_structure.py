@@ -39,8 +39,9 @@ MODEL_FILES = ("model.py", "heads.py", "attention.py", "cache.py", "compiled.py"
 # Framework imports inside a function in common/: where a user asks for that framework's tensors or file format.
 COMMON_LAZY_FRAMEWORK_IMPORTS = {
     "common/formats/torch_bin.py": {"torch"},  # pytorch_model.bin is a torch pickle
-    "common/encoding.py": {"jax"},
-    "commands.py": {"torch", "tensorflow"},  # gpt2 generate / score: the framework the user picks, when it runs  # return_tensors="jax" (pt and tf go through __import__ of the name asked for)
+    "common/encoding.py": {"jax"},  # return_tensors="jax" (pt and tf go through __import__ of the name asked for)
+    "commands.py": {"torch", "tensorflow"},  # gpt2 generate / score: the framework the user picks, when it runs
+    "cli.py": {"tensorflow"},  # --framework tf: TensorFlow loaded with its start-up log lines held aside
 }
 # Methods a framework needs for its own machinery, not part of the shared outline.
 FRAMEWORK_METHODS = {

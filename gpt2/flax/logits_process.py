@@ -11,7 +11,7 @@ nothing reads at or past ``length``. Scores are float32 (generate() upcasts bf16
 
 Static and traced options. The options that fix shapes or constants are Python values closed over (``k``, ``n``,
 ``keep``, token ids, ``eos``, ``bias``); generation.py keeps them in its compile key. The length-dependent ones
-(``min_length``, ``at_length``, ``start``: tf/generation.py's TRACED_OPTIONS) may be traced int32 scalars, so one
+(``min_length``, ``at_length``, ``start``: common/host_loop.py's TRACED_OPTIONS) may be traced int32 scalars, so one
 compiled loop serves every prompt length and max_new_tokens; the float options (``temperature``, ``penalty``, ``p``,
 ``min_p``, ``mass``, ``epsilon``, ``eta``, ``factor``) may be traced float32 scalars too (no recompile per value).
 

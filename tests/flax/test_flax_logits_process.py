@@ -42,7 +42,7 @@ CASES = {
     "beam_sample": dict(do_sample=True, num_beams=2, top_k=1, top_p=0.3, min_p=0.5, eos_token_id=[7, 2]),
 }
 LENGTHS = [1, 2, 3, 5, 6, 8, MAX - 1]
-# generation.py traces these (tf/generation.py TRACED_OPTIONS plus the float options): one compiled loop for many
+# generation.py traces these (common/host_loop.py TRACED_OPTIONS plus the float options): one compiled loop for many
 TRACED_INTS = ("min_length", "at_length", "start")
 TRACED_FLOATS = ("temperature", "penalty", "p", "min_p", "mass", "epsilon", "eta", "factor")
 

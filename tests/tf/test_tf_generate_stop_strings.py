@@ -1,5 +1,5 @@
 """TF generate() with stop_strings and streamers: the compiled loop runs in chunks and the host checks the strings
-and feeds the streamer between them (gpt2/tf/generation.py ``_on_the_host``). Against our PyTorch generate() (tested
+and feeds the streamer between them (gpt2/common/host_loop.py ``run_in_chunks``). Against our PyTorch generate() (tested
 against transformers 4.57.6's StopStringCriteria in tests/torch/test_stop_strings.py) on the same random tiny
 checkpoints: the same tokens, rows stopping inside a chunk and on its boundary, with and without eos (padding after
 a row's stop, or not), scores when recorded, the same streamer calls; sampling stops where its free run says; the
