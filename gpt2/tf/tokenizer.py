@@ -24,7 +24,16 @@ How, in plain TF ops (no tensorflow-text, no Python at run time):
    (OpenAI's encoder.py loop); a piece that merged nothing leaves the working set. Rounds are bounded by the
    distinct merges one piece needs, not by its length: 1 MB of "a" takes a handful of rounds (0.6 s). The worst
    case is one long piece made of many different pairs: 100 kB of random letters with no space needs thousands of
-   rounds over the whole piece (~20 s on 2 cores; the Python tokenizers' heap takes 30 ms).
+   rounds over the whole piece.
+5. So a piece longer than 256 bytes is cut into windows of 256 overlapping by 64, and the windows are merged as
+   pieces of their own (a window's rounds are bounded by its length). Neighbouring windows are stitched at a token
+   that both produced over the same bytes of their overlap: the left window's tokens up to that token's end, the
+   right window's after it. That is exact because the BPE of a text is the one split into tokens whose every
+   adjacent pair is "compatible" (the pair's own BPE is that pair; the property GitHub's ``bpe`` crate builds on):
+   each side of the stitch comes from a real BPE, and across the stitch the shared token and its right neighbour
+   are adjacent in the right window's BPE. Tested against GPT2Tokenizer on windows of every size. Where two windows
+   agree on no token (rare: runs of one repeated pattern out of phase), the piece is merged whole as before.
+   100 kB of random letters: seconds, not minutes (benchmarks/RESULTS.md).
 Tables (merge ranks keyed by packed int64 pairs, whole tokens keyed by their bytes) are tf.lookup tables owned by
 the layer, so ``tf.saved_model.save`` and Keras' ``export`` keep them.
 """
@@ -147,6 +156,11 @@ class TFGPT2Tokenizer(keras.layers.Layer):
       ``add_bos_token``: ``bos_token_id`` first in every row (kept by truncation).
     Outputs are int32 (what ``return_tensors="tf"`` gives).
     """
+
+    # A piece longer than this many symbols (bytes) is merged in windows of that length overlapping by the second
+    # figure (module doc, step 5). Any sizes give the same ids; these bound a window's rounds and find a token both
+    # windows agree on in nearly every overlap.
+    _bpe_window = (256, 64)
 
     def __init__(self, vocab: dict[str, int], merges, max_length: int | None = None, pad_token_id: int | None = None,
                  *, padding: str | None = None, padding_side: str = "right", truncation_side: str = "right",
@@ -368,10 +382,65 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             keep = ~hit | first  # a whole-token piece keeps one symbol: its token
             symbols = tf.boolean_mask(tf.where(hit, tf.gather(whole, byte_piece), symbols), keep)
             byte_piece = tf.boolean_mask(byte_piece, keep)
-        symbols, kept = self._merge(symbols, byte_piece)
+        symbols, kept = self._merge_pieces(symbols, byte_piece)
         byte_piece = tf.boolean_mask(byte_piece, kept)
         return tf.RaggedTensor.from_value_rowids(symbols, tf.cast(tf.gather(piece_row, byte_piece), tf.int64),
                                                  nrows=tf.shape(texts, out_type=tf.int64)[0])
+
+    def _merge_pieces(self, symbols, piece):
+        """BPE over all pieces (``_merge``), a piece longer than the window in overlapping windows, stitched where
+        two neighbouring windows agree on a token (module doc, step 5); a piece with an overlap where they agree on
+        none is merged whole. Returns the final symbols and each one's index in ``symbols``, as ``_merge``."""
+        window, overlap = self._bpe_window
+        step = window - overlap  # >= overlap: a symbol is in at most two windows
+        size = tf.size(symbols)
+        n = tf.reduce_max(tf.concat([piece, [-1]], 0)) + 1  # pieces
+        count = tf.math.bincount(piece, minlength=n, maxlength=n)  # [pieces] symbols in each
+        first = tf.cumsum(count, exclusive=True)  # [pieces] the index of each one's first symbol
+        long = count > window
+        long_symbol = tf.gather(long, piece)
+        # Windows: a piece of L symbols has ceil((L - overlap) / step), starting every step symbols.
+        per_piece = (tf.boolean_mask(count, long) - overlap + step - 1) // step
+        w_piece = tf.repeat(tf.boolean_mask(tf.range(n), long), per_piece)  # [windows] their piece
+        w_k = tf.ragged.range(per_piece).flat_values  # [windows] the window's place in its piece
+        w_last = w_k == tf.repeat(per_piece, per_piece) - 1
+        w_begin = tf.gather(first, w_piece) + w_k * step  # [windows] index of the first symbol
+        w_end = tf.minimum(w_begin + window, tf.gather(first + count, w_piece))
+        index = tf.ragged.range(w_begin, w_end).flat_values  # [window symbols] index in symbols
+        w_of = tf.repeat(tf.range(tf.size(w_begin)), w_end - w_begin)  # [window symbols] their window
+        short = tf.cast(tf.where(~long_symbol)[:, 0], tf.int32)
+        inputs = tf.concat([short, index], 0)
+        merged, kept = self._merge(tf.gather(symbols, inputs), tf.concat([tf.gather(piece, short), n + w_of], 0))
+        at = tf.cast(tf.where(kept)[:, 0], tf.int32)  # [tokens] index in the merge's inputs
+        in_window = at >= tf.size(short)
+        # Window tokens: their window, first symbol and end (the next token's first symbol, or the window's end).
+        j = tf.boolean_mask(at, in_window) - tf.size(short)
+        t_sym, t_win, t_begin = tf.boolean_mask(merged, in_window), tf.gather(w_of, j), tf.gather(index, j)
+        same_next = tf.concat([t_win[1:] == t_win[:-1], [False]], 0)[:tf.size(t_win)]
+        t_end = tf.where(same_next, tf.concat([t_begin[1:], [0]], 0)[:tf.size(t_win)], tf.gather(w_end, t_win))
+        # A span that is a token in both windows of an overlap: the first copy (window w, the twin in w + 1).
+        key = tf.cast(t_begin, tf.int64) * (window + 1) + tf.cast(t_end - t_begin, tf.int64)
+        unique, slot, times = tf.unique_with_counts(key, out_idx=tf.int32)
+        t = tf.range(tf.size(key))
+        first_copy = tf.gather(tf.math.unsorted_segment_min(t, slot, tf.size(unique)), slot) == t
+        never = tf.constant(np.iinfo(np.int64).max, tf.int64)
+        cut_key = tf.math.unsorted_segment_min(tf.where((tf.gather(times, slot) == 2) & first_copy, key, never),
+                                               t_win, tf.size(w_begin))  # [windows] the leftmost such token
+        cut = tf.cast(cut_key // (window + 1) + cut_key % (window + 1), tf.int32)  # its end
+        no_cut = ~w_last & (cut_key == never)
+        whole = tf.math.unsorted_segment_max(tf.cast(no_cut, tf.int32), w_piece, n) > 0  # [pieces] merged whole
+        # Window w gives its tokens from window w - 1's cut (or the piece's start) to its own cut (or its end).
+        low = tf.where(w_k > 0, tf.concat([[0], cut[:-1]], 0)[:tf.size(cut)], w_begin)
+        high = tf.where(w_last, w_end, cut)
+        take = ((t_begin >= tf.gather(low, t_win)) & (t_end <= tf.gather(high, t_win))
+                & ~tf.gather(whole, tf.gather(w_piece, t_win)))
+        redo = tf.cast(tf.where(long_symbol & tf.gather(whole, piece))[:, 0], tf.int32)
+        redone, redo_kept = self._merge(tf.gather(symbols, redo), tf.gather(piece, redo))
+        position = tf.concat([tf.gather(inputs, tf.boolean_mask(at, ~in_window)), tf.boolean_mask(t_begin, take),
+                              tf.gather(redo, tf.cast(tf.where(redo_kept)[:, 0], tf.int32))], 0)
+        done = tf.concat([tf.boolean_mask(merged, ~in_window), tf.boolean_mask(t_sym, take), redone], 0)
+        kept = tf.scatter_nd(position[:, None], tf.ones_like(position), [size]) > 0
+        return tf.boolean_mask(tf.scatter_nd(position[:, None], done, [size]), kept), kept
 
     def _merge(self, symbols, piece):
         """BPE over all pieces at once: each round merges, in every piece, its lowest-ranked pair wherever it occurs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,40 @@ def test_a_long_text_without_split_points(tok):
     elapsed = time.perf_counter() - start
     assert got == want([text, "b" * 100_001])
     assert elapsed < 20, f"1.1 MB without split points took {elapsed:.1f} s"
+
+
+def test_a_long_piece_of_many_different_pairs(tok):
+    """200 kB of random letters is one piece of thousands of distinct merges: merged in overlapping windows, stitched
+    (module doc, step 5), in seconds where one round per distinct merge over the whole piece took minutes."""
+    rng = np.random.default_rng(1)
+    text = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 200_000))
+    start = time.perf_counter()
+    got = ids_of(tok, [text])
+    elapsed = time.perf_counter() - start
+    assert got == want([text])
+    assert elapsed < 20, f"200 kB of random letters took {elapsed:.1f} s"
+
+
+LETTERS = "".join(c for c in (Path(__file__).resolve().parent.parent / "data" / "genesis.txt").read_text()
+                  if c.isalpha())
+
+
+@pytest.fixture(scope="module")
+def small_windows() -> TFGPT2Tokenizer:
+    """Windows of 16 symbols overlapping by 4: every piece above 16 bytes is stitched from windows, and many
+    overlaps find no common token (the piece is then merged whole): both paths on short texts."""
+    tok = TFGPT2Tokenizer.from_pretrained("gpt2")
+    tok._bpe_window = (16, 4)
+    return tok
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.text(alphabet=st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABé日本")), max_size=200),
+                          st.builds(lambda i, n: LETTERS[i:i + n], st.integers(0, 10_000), st.integers(0, 400)),
+                          st.builds(lambda a, n, b: a * n + b, st.sampled_from(["a", "ab", "aab", "ing", " the"]),
+                                    st.integers(1, 120), st.text(max_size=20))), min_size=1, max_size=6))
+def test_windows_stitch_to_the_whole_piece_bpe(small_windows, texts):
+    assert ids_of(small_windows, texts) == want(texts)
 
 
 # -- call options -----------------------------------------------------------------------------------------------
