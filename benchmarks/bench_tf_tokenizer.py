@@ -7,9 +7,9 @@ installed; it is not in this project's environment, and nothing is installed for
                    changelogs, Python, C headers) in one call
     (b) short      28,000 short documents (median ~100 bytes, bench_tokenizer.py's (f)) in one call, and 10 calls of
                    one short string each (keras-hub #2056 measured 3.8 s for those 10 calls)
-    (c) long       one document without split points: "a" * 1_000_000, and 100 kB of random ASCII letters (one piece
+    (c) long       one document without split points: "a" * 1_000_000, and 1 MB of random ASCII letters (one piece
                    whose merges are thousands of different pairs: the merge loop's worst case, one round per distinct
-                   merge, each round over the whole piece; 1 MB of it takes minutes in the graph)
+                   merge; merged in overlapping windows of 256 bytes since, it took minutes over the whole piece)
     (d) load       constructing the layer from the packaged vocabulary, and its first call (the trace)
 
 TFGPT2Tokenizer is called eagerly (an eager call runs one traced tf.function), with a batch of tf.string; the Python
@@ -121,8 +121,8 @@ def main() -> None:
                           repeats))
 
     rng = random.Random(0)
-    letters = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(100_000))
-    for name, text in (('"a" * 1_000_000', "a" * 1_000_000), ("100 kB of random letters (one piece)", letters)):
+    letters = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(1_000_000))
+    for name, text in (('"a" * 1_000_000', "a" * 1_000_000), ("1 MB of random letters (one piece)", letters)):
         tables.append(compare(f"(c) {name}, one call", [text], candidates, tt, min(repeats, 2)))
 
     print(f"\n**(d) load**: TFGPT2Tokenizer.from_pretrained('gpt2') {built:.2f} s; first call (trace) {traced:.2f} s; "
