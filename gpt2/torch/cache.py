@@ -30,7 +30,6 @@ class KVCache:
         self.length = 0  # tokens held (the same for every layer once a forward has finished)
         self.static = False
         self.position: torch.Tensor | None = None  # set by at(): write there, at fixed shapes
-        self.window: int | None = None  # with a position: return the first ``window`` positions only (None: all)
         self.cross_keys: list[torch.Tensor] = []  # encoder keys / values per layer (cross-attention), once computed
         self.cross_values: list[torch.Tensor] = []
 
@@ -51,17 +50,22 @@ class KVCache:
         c = model.config
         return cls.static_cache(c.n_layer, batch_size, c.n_head, max_length, c.n_embd // c.n_head, model.dtype, device)
 
-    def at(self, position: torch.Tensor) -> "KVCache":
-        """This static cache's buffers, written at ``position`` ((T,) long, on their device) by ``update``, which then
-        returns the whole buffers, or their first ``window`` positions when the caller sets that (an uncaptured step
-        on the CPU: compiled.py). Shares the buffers (and the lists holding them) with ``self``; the caller advances
-        ``self``'s length."""
+    def at(self, position: torch.Tensor | int) -> "KVCache":
+        """This static cache's buffers, written at ``position`` by ``update``: a (T,) long tensor on their device, and
+        ``update`` returns the whole buffers (fixed shapes, never read on the host: what a captured step needs); or a
+        host int n, and ``update`` appends there and returns the n + T positions written (an uncaptured step, whose
+        shapes may grow: compiled.py on the CPU). Shares the buffers (and the lists holding them) with ``self``; the
+        caller advances ``self``'s length."""
         if not self.static:
             raise ValueError("KVCache.at: only a static cache has fixed buffers to write at a position")
         view = KVCache()
         view.keys, view.values, view.cross_keys, view.cross_values = (self.keys, self.values, self.cross_keys,
                                                                       self.cross_values)
-        view.static, view.position = True, position
+        view.static = True
+        if isinstance(position, torch.Tensor):
+            view.position = position
+        else:
+            view.length = position
         return view
 
     @classmethod
@@ -93,8 +97,6 @@ class KVCache:
         if self.position is not None:  # index_copy_: the position is a tensor, never read on the host
             self.keys[layer].index_copy_(2, self.position, k)
             self.values[layer].index_copy_(2, self.position, v)
-            if self.window is not None:
-                return self.keys[layer][:, :, :self.window], self.values[layer][:, :, :self.window]
             return self.keys[layer], self.values[layer]
         start = self.length
         end = start + k.shape[-2]

@@ -133,8 +133,7 @@ class FixedStep:
         if self.how == "fixed":  # nothing captured: the caller's ids and positions as they are, new logits, and
             # only the n + 1 positions written attended over (shapes may grow): the whole buffer is read every token
             # otherwise, up to max_length positions where the eager step reads n + 1
-            self.at_position.window = n + 1
-            return decode_step(self.model_ref(), ids, positions, self.mask[:, :, :, :n + 1], self.at_position)
+            return decode_step(self.model_ref(), ids, positions, self.mask[:, :, :, :n + 1], self.cache.at(n))
         self.ids.copy_(ids)
         self.positions.copy_(positions)
         if self.how == "compile":  # cudagraph trees (mode="reduce-overhead") re-use their output buffers
