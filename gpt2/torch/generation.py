@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +30,7 @@ from ..common.decoding import (Plan, StepRecord, StopStrings, check_attention_ma
                                check_options, check_prompt, check_token_range, check_token_type_ids, infer_mask,
                                merge_settings, plan, processor_specs)
 from ..common.generation import GenerationConfig
+from ..common.host_loop import transition_index
 from ..common.outputs import GenerateDecoderOnlyOutput
 from ..common.streamers import BaseStreamer
 from .attention import OneThread
@@ -188,17 +190,12 @@ class GenerationMixin(loading.GenerativeModel):
         stacked = torch.stack(tuple(scores), dim=1)  # (rows, steps, V)
         if normalize_logits:
             stacked = F.log_softmax(stacked, dim=-1)
-        if beam_indices is None:  # greedy / sampling: row i's scores chose row i's tokens
-            beam_indices = torch.arange(stacked.shape[0], device=stacked.device)[:, None].expand(-1, stacked.shape[1])
-        if beam_indices.shape[0] != sequences.shape[0]:
-            raise ValueError(f"beam_indices has {beam_indices.shape[0]} rows, sequences {sequences.shape[0]}")
-        valid = beam_indices >= 0
-        length = int(valid.sum(-1).max())
-        rows, valid = beam_indices[:, :length].clamp(min=0), valid[:, :length]
-        tokens = sequences[:, sequences.shape[-1] - length:]
-        steps = torch.arange(length, device=stacked.device)[None, :]
-        return torch.where(valid, stacked[rows, steps, tokens], torch.zeros((), dtype=stacked.dtype,
-                                                                            device=stacked.device))
+        which, step, tokens, valid = (torch.from_numpy(np.ascontiguousarray(x)).to(stacked.device) for x in
+                                      transition_index(sequences.cpu(),
+                                                       None if beam_indices is None else beam_indices.cpu(),
+                                                       rows=stacked.shape[0], steps=stacked.shape[1]))
+        return torch.where(valid, stacked[which.long(), step.long(), tokens.long()],
+                           torch.zeros((), dtype=stacked.dtype, device=stacked.device))
 
 
 def _describe(x) -> tuple[tuple | None, str]:
