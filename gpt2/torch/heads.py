@@ -57,7 +57,7 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         keep = labels != IGNORE_INDEX  # (N,)
         count = keep.sum().to(torch.float32)
-        target = labels.masked_fill(~keep, 0)[:, None]  # (N, 1)
+        target = labels.masked_fill(~keep, 0)[:, None]  # [N, 1]
         grad = torch.empty(logits.shape, dtype=torch.float32, device=logits.device) \
             if ctx.needs_input_grad[0] else None
         weight = torch.where(keep, 1.0 / count, 0.0)  # (N,): 1 / count where counted (0 / 0 is never formed)
@@ -66,7 +66,7 @@ class _CrossEntropy(torch.autograd.Function):
             step = CROSS_ENTROPY_ROWS if logits.device.type == "cpu" else max(logits.shape[0], 1)
             for start in range(0, logits.shape[0], step):
                 rows = slice(start, start + step)
-                part = logits[rows].float()  # (n, V); fp32 logits are read in place, never written
+                part = logits[rows].float()  # [n, V]; fp32 logits are read in place, never written
                 lse = torch.logsumexp(part, dim=-1)  # (n,)
                 total += ((lse - part.gather(1, target[rows]).squeeze(1)) * keep[rows]).sum()
                 if grad is not None:
