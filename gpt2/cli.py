@@ -203,7 +203,8 @@ def _train_parser(sub) -> None:
     model = train.add_mutually_exclusive_group(required=True)
     model.add_argument("--config", metavar="PRESET_OR_JSON", help="a new model: a preset name (gpt2, gpt2-medium, "
                        "...) or a config JSON file")
-    model.add_argument("--model", metavar="DIR", help="continue training a saved model folder")
+    model.add_argument("--model", metavar="NAME_OR_DIR", help="fine-tune a saved model: a folder, the shipped "
+                       "model's name or a hub name")
     add("--out", required=True, metavar="DIR", help="the run folder (checkpoints, final model, metrics)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, metavar="N", help="optimizer updates to make")

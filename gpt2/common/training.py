@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import files
+from .checkpoint import resolve_checkpoint
 from .config import PRESETS, GPT2Config
 from .data import (Batches, TokenFile, check_block_size, check_divides, eval_batches, num_eval_batches, prepare,
                    split_blocks)
@@ -201,10 +202,7 @@ def _number(args, name, low=None, high=None, low_open=False, high_open=False, op
 def load_config(args: TrainArgs) -> GPT2Config:
     """The model's config: ``--config`` (a preset name or a JSON file) for a new model, else ``--model``'s."""
     if args.model is not None:
-        folder = Path(args.model)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"--model {str(folder)!r}: not a folder (a model saved with save_pretrained)")
-        return GPT2Config.from_pretrained(folder)
+        return GPT2Config.from_pretrained(model_folder(args.model))
     name = str(args.config)
     if Path(name).is_file():
         return GPT2Config.from_json_file(name)
@@ -212,6 +210,19 @@ def load_config(args: TrainArgs) -> GPT2Config:
         return GPT2Config.from_pretrained(name)
     raise ValueError(f"--config {name!r}: neither a preset ({', '.join(sorted(p for p in PRESETS if '/' not in p))}) "
                      f"nor a config JSON file")
+
+
+def model_folder(model: str | os.PathLike) -> Path:
+    """``--model``: a saved model folder, the name of the model shipped in the package (``gpt2-tiny-kjv``), or a hub
+    name (``openai-community/gpt2``: the local Hugging Face cache first, then a download)."""
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        _, main = resolve_checkpoint(model)
+    except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(f"--model {str(model)!r}: not a model folder, the shipped model's name or a hub "
+                                f"name ({e})") from None
+    return main.parent
 
 
 _ARCHITECTURE = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
@@ -528,7 +539,7 @@ class Run:
     divide over them. ``barrier``: the framework's barrier (torch.distributed.barrier), so that rank 0 tokenizes
     while the others wait. Only rank 0 writes files (``self.main``).
 
-    Attributes: ``args`` (validated), ``config`` (GPT2Config), ``digest``, ``init_from`` (``--model`` folder or None:
+    Attributes: ``args`` (validated), ``config`` (GPT2Config), ``digest``, ``init_from`` (``--model``'s folder or None:
     a new model), ``block_size``, ``train_tokens`` / ``val_tokens`` (TokenFile; val None when held out), ``train`` /
     ``val`` (Blocks), ``batches`` (Batches), ``steps``, ``schedule``, ``out``, ``resume_from`` (checkpoint folder or
     None), ``state`` (its trainer_state.json or None), ``start_step``, ``metrics`` (Metrics).
@@ -543,7 +554,7 @@ class Run:
         self.main = self.rank == 0
         self.config = load_config(args)
         self.digest = config_digest(self.config)
-        self.init_from = Path(args.model) if args.model is not None else None
+        self.init_from = model_folder(args.model) if args.model is not None else None
         self.block_size = args.block_size or self.config.n_positions
         check_block_size(self.block_size, self.config.n_positions)
         check_divides(args.batch_size, self.world, "processes (ranks)")

@@ -324,6 +324,14 @@ def test_run_refusals(setup):
         Run(make_args(setup, data=str(setup / "empty.txt")))
 
 
+def test_model_by_name(setup):
+    """--model takes the shipped model's name (and hub names) as from_pretrained does, not only a folder."""
+    from gpt2.common import embedded
+
+    run = Run(make_args(setup, config=None, model="gpt2-tiny-kjv", block_size=32))
+    assert run.init_from == embedded.folder("gpt2-tiny-kjv") and run.config.n_layer == 4
+
+
 def test_run_from_model_and_val_data(setup):
     GPT2Config(**SMALL).save_pretrained(setup / "model")
     (setup / "val.txt").write_text(GENESIS.read_text()[:20000])
