@@ -88,5 +88,7 @@ def test_greedy_text_is_the_same_real_words(results, name):
     if re.search(r"[A-Za-z]$", text):
         words = words[:-1]  # the last word may be cut by the token limit
     assert len(words) >= 8 and len({w.lower() for w in words}) >= 4, text  # words, and not one word repeated
+    triples = list(zip(words, words[1:], words[2:]))
+    assert len(set(triples)) == len(triples), f"a loop: {text!r}"  # generation_config's repetition_penalty
     unknown = [w for w in words if w.lower() not in vocabulary]
     assert not unknown, f"not words of the training text: {unknown} in {text!r}"
