@@ -110,7 +110,8 @@ def test_the_command_runs_the_framework(setup, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == [f"trained model saved to {setup / 'out'}",
                                                     "final step 6, loss 5.5, eval_loss 5"]
     names = sorted(p.name for p in (setup / "out").iterdir())
-    assert names == ["checkpoint-3", "config.json", "loss.png", "metrics.jsonl", "trainer_state.json"]
+    assert names == ["checkpoint-3", "config.json", "loss.png", "merges.txt", "metrics.jsonl", "special_tokens_map.json",
+                     "tokenizer.json", "tokenizer_config.json", "trainer_state.json", "vocab.json"]
     assert main(argv) == 1  # the same --out again without --resume: refused, nothing touched
     assert "pass --resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0

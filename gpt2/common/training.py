@@ -33,7 +33,8 @@ Decisions:
   framework's optimizer state files, ``trainer_state.json``), written as a temporary folder in ``out`` that is
   renamed into place once complete (``trainer_state.json`` is written last), so a crash mid-save leaves the last good
   checkpoint as the newest; the ``keep_checkpoints`` newest are kept. At the end the model is saved into ``out``
-  itself (with a ``trainer_state.json``), then ``metrics.jsonl`` is turned into ``loss.png``.
+  itself (with a ``trainer_state.json`` and the tokenizer's files), then ``metrics.jsonl`` is turned into
+  ``loss.png``.
 - **Refusals**: ``--resume`` with a checkpoint of another framework or another model (config digest), or with other
   data-order options (seed, batch size, grad accum, block size, validation split, the data itself), which would
   break "the same batches as an uninterrupted run"; an ``--out`` holding another model, or holding a run when
@@ -64,6 +65,7 @@ from .checkpoint import resolve_checkpoint
 from .config import PRESETS, GPT2Config
 from .data import (Batches, TokenFile, check_block_size, check_divides, eval_batches, num_eval_batches, prepare,
                    split_blocks)
+from .tokenizer_fast import GPT2TokenizerFast
 
 FRAMEWORKS = ("torch", "tf", "flax")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -667,11 +669,18 @@ class Run:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
         write(self.out)
+        if not any((self.out / name).is_file() for name in TOKENIZER_FILES):
+            # The tokenizer that made the token files (OpenAI's vocabulary): out/ is then a complete model folder
+            # for from_pretrained, `gpt2 generate --model out` and the hub.
+            GPT2TokenizerFast.from_pretrained("gpt2", model_max_length=self.config.n_positions).save_pretrained(self.out)
         files.write_text(self.out / STATE_NAME,
                          json.dumps(self.trainer_state(self.steps, rng, **extra), indent=1) + "\n")
         if read_metrics(self.out / METRICS_NAME):
             plot_loss(self.out / METRICS_NAME, self.out / PLOT_NAME)
         return self.out
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # a folder holding either has a tokenizer
 
 
 def resolve_steps(args: TrainArgs, batches: Batches) -> int:

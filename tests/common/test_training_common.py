@@ -272,7 +272,9 @@ def test_run_end_to_end_and_resume(setup):
     fake_loop(run, seen=whole)
     out = setup / "out"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["checkpoint-4", "checkpoint-8", "config.json", "loss.png", "metrics.jsonl", "trainer_state.json"]
+    assert names == ["checkpoint-4", "checkpoint-8", "config.json", "loss.png", "merges.txt", "metrics.jsonl",
+                     "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "trainer_state.json",
+                     "vocab.json"]  # the tokenizer that made the token files: out/ is a complete model folder
     state = read_state(out / "checkpoint-8")
     assert state["framework"] == "torch" and state["config_digest"] == run.digest
     assert state["rng"] == {"seed": [1, 2, 7]}
