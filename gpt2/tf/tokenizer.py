@@ -59,6 +59,19 @@ _PADDINGS = ("longest", "max_length", "ragged")
 
 
 @functools.lru_cache(maxsize=1)
+def _space_class() -> str:
+    """An RE2 class of the characters ``str.isspace`` accepts (what an lstrip / rstrip token swallows in the Python
+    tokenizers; RE2's ``\\s`` is ASCII-only)."""
+    points = [c for c in range(0x110000) if chr(c).isspace()]
+    ranges, start = [], points[0]
+    for a, b in zip(points, points[1:] + [None]):
+        if b != a + 1:
+            ranges.append(f"\\x{{{start:x}}}" + (f"-\\x{{{a:x}}}" if a != start else ""))
+            start = b
+    return "[" + "".join(ranges) + "]"
+
+
+@functools.lru_cache(maxsize=1)
 def character_classes() -> tuple[np.ndarray, np.ndarray]:
     """``(starts, classes)``: code point ``c`` is of class ``classes[searchsorted(starts, c, "right") - 1]``.
 
@@ -151,6 +164,8 @@ class TFGPT2Tokenizer(keras.layers.Layer):
     - ``added_tokens``: strings read in text as one id, longest first (default: ``<|endoftext|>``, as the Python
       tokenizers do; ``{}`` reads it as plain text). ``special_token_ids``: what ``detokenize(...,
       skip_special_tokens=True)`` drops (default: the added tokens' ids).
+    - ``lstrip_tokens`` / ``rstrip_tokens``: added tokens that swallow the whitespace (``str.isspace``) before /
+      after them (AddedToken's lstrip / rstrip, as the Python tokenizers apply them).
     - ``add_prefix_space``: a space before the text (GPT2Tokenizer), or with ``prefix_space_per_segment`` before
       each stretch of text between added tokens that does not start with one (GPT2TokenizerFast).
       ``add_bos_token``: ``bos_token_id`` first in every row (kept by truncation).
@@ -166,7 +181,7 @@ class TFGPT2Tokenizer(keras.layers.Layer):
                  *, padding: str | None = None, padding_side: str = "right", truncation_side: str = "right",
                  added_tokens: dict[str, int] | None = None, special_token_ids=None, add_prefix_space: bool = False,
                  prefix_space_per_segment: bool = False, add_bos_token: bool = False, bos_token_id: int | None = None,
-                 **kwargs):
+                 lstrip_tokens=(), rstrip_tokens=(), **kwargs):
         super().__init__(**kwargs)
         self._convert_input_args = False  # strings stay strings (Keras would cast inputs to the layer's dtype)
         self._allow_non_tensor_positional_args = True
@@ -180,6 +195,12 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         untracked("added_tokens", {str(k): int(v) for k, v in added_tokens.items()})
         untracked("special_token_ids", sorted({int(i) for i in (self.added_tokens.values() if special_token_ids
                                                                 is None else special_token_ids)}))
+        for name, tokens in (("lstrip_tokens", lstrip_tokens), ("rstrip_tokens", rstrip_tokens)):
+            unknown = sorted(set(tokens) - set(self.added_tokens))
+            if unknown:
+                raise ValueError(f"{name} names {unknown}, which are not added tokens ({sorted(self.added_tokens)})")
+        untracked("lstrip_tokens", sorted(lstrip_tokens))
+        untracked("rstrip_tokens", sorted(rstrip_tokens))
         if padding is None:
             padding = "ragged" if pad_token_id is None else "longest"
         self._check_options(padding, padding_side, truncation_side, max_length, pad_token_id, add_bos_token,
@@ -258,6 +279,8 @@ class TFGPT2Tokenizer(keras.layers.Layer):
             self._added = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
                 tf.constant([t.encode("utf-8") for t in contents], tf.string),
                 tf.constant([self.added_tokens[t] for t in contents], tf.int64)), -1)
+        self._strip_ids = tuple(tf.constant(sorted({self.added_tokens[t] for t in tokens}), tf.int64)
+                                if tokens else None for tokens in (self.lstrip_tokens, self.rstrip_tokens))
         starts, classes = character_classes()
         self._class_starts, self._classes = tf.constant(starts), tf.constant(classes)
 
@@ -266,15 +289,15 @@ class TFGPT2Tokenizer(keras.layers.Layer):
     def from_tokenizer(cls, tokenizer: TokenizerBase, **kwargs) -> "TFGPT2Tokenizer":
         """The in-graph twin of one of our tokenizers (GPT2Tokenizer or GPT2TokenizerFast): its vocabulary, added
         tokens, pad token, sides, add_prefix_space and add_bos_token. ``kwargs`` override (``max_length=...``).
-        Added tokens with lstrip / rstrip / single_word are refused (not implemented in the graph)."""
+        Added tokens with single_word are refused (not implemented in the graph)."""
         if not isinstance(tokenizer, TokenizerBase):
             raise TypeError(f"from_tokenizer takes gpt2's GPT2Tokenizer or GPT2TokenizerFast, got "
                             f"{type(tokenizer).__name__}")
         tokens = tokenizer.added.decoder  # {id: AddedToken}
         for token in tokens.values():
-            if token.lstrip or token.rstrip or token.single_word:
-                raise ValueError(f"added token {token.content!r} has lstrip/rstrip/single_word, which "
-                                 f"TFGPT2Tokenizer does not implement in the graph")
+            if token.single_word:
+                raise ValueError(f"added token {token.content!r} has single_word, which TFGPT2Tokenizer does not "
+                                 f"implement in the graph (a match inside a word would have to be read as text)")
         split, fast = tokenizer.split_special_tokens, tokenizer.is_fast
         # split_special_tokens: no added token is read (GPT2Tokenizer), or only the non-special ones (the fast one).
         added = {t.content: i for i, t in tokens.items() if not split or (fast and not t.special)}
@@ -282,7 +305,9 @@ class TFGPT2Tokenizer(keras.layers.Layer):
                        truncation_side=tokenizer.truncation_side, added_tokens=added,
                        special_token_ids=tokenizer.all_special_ids, add_prefix_space=tokenizer.add_prefix_space,
                        prefix_space_per_segment=fast, add_bos_token=tokenizer.add_bos_token,
-                       bos_token_id=tokenizer.bos_token_id)
+                       bos_token_id=tokenizer.bos_token_id,
+                       lstrip_tokens=[t.content for t in tokens.values() if t.lstrip and t.content in added],
+                       rstrip_tokens=[t.content for t in tokens.values() if t.rstrip and t.content in added])
         return cls(tokenizer.encoder, tokenizer.merges, **{**options, **kwargs})
 
     @classmethod
@@ -299,7 +324,8 @@ class TFGPT2Tokenizer(keras.layers.Layer):
                       truncation_side=self.truncation_side, added_tokens=self.added_tokens,
                       special_token_ids=self.special_token_ids, add_prefix_space=self.add_prefix_space,
                       prefix_space_per_segment=self.prefix_space_per_segment, add_bos_token=self.add_bos_token,
-                      bos_token_id=self.bos_token_id)
+                      bos_token_id=self.bos_token_id, lstrip_tokens=self.lstrip_tokens,
+                      rstrip_tokens=self.rstrip_tokens)
         return config
 
     @classmethod
@@ -352,11 +378,20 @@ class TFGPT2Tokenizer(keras.layers.Layer):
         position = tf.range(tf.size(flat, tf.int64)) - tf.gather(segments.row_splits, segments.value_rowids())
         is_token = position % 2 == 1
         text = tf.where(is_token, "", flat)
+        found = self._added.lookup(flat)  # a token segment's id
+        # lstrip: the text before such a token loses its trailing whitespace; rstrip: the text after, its leading.
+        # A text segment's neighbours in ``flat`` are tokens of its own text exactly when they are tokens.
+        for ids, shift, pattern in ((self._strip_ids[0], 1, f"{_space_class()}+$"),
+                                     (self._strip_ids[1], -1, f"^{_space_class()}+")):
+            if ids is not None:
+                neighbour = tf.roll(tf.where(is_token, found, -1), -shift, axis=0)
+                strip = ~is_token & tf.reduce_any(neighbour[:, None] == ids[None, :], axis=1)
+                text = tf.where(strip, tf.strings.regex_replace(text, pattern, ""), text)
         if self.add_prefix_space and self.prefix_space_per_segment:  # GPT2TokenizerFast: each non-empty stretch
             needs = (tf.strings.length(text) > 0) & ~tf.strings.regex_full_match(text, "(?s) .*")
             text = tf.where(needs, tf.strings.join([" ", text]), text)
         ids = self._encode_ordinary(text)  # (S total, None); empty for tokens
-        token_ids = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(self._added.lookup(flat), is_token),
+        token_ids = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(found, is_token),
                                                      tf.cast(is_token, tf.int64))
         ids = tf.concat([ids, token_ids], axis=1)  # a segment is text ids or one token id, never both
         return tf.RaggedTensor.from_row_splits(ids, segments.row_splits).merge_dims(1, 2)

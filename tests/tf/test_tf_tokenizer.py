@@ -207,11 +207,37 @@ def test_added_tokens_and_split_special_tokens():
     assert plain.tokenize(["<|endoftext|>"]).to_list() == [py("<|endoftext|>", split_special_tokens=True)["input_ids"]]
 
 
+STRIPPING = [AddedToken("<mask>", lstrip=True), AddedToken("[SEP]", rstrip=True),
+             AddedToken("<both>", lstrip=True, rstrip=True), AddedToken("<none>")]
+SPACES = [" ", "  ", "\t", "\n", "\u3000", "\xa0", "\u2028", " \n\t", ""]
+
+
+@pytest.mark.parametrize("cls", [GPT2Tokenizer, GPT2TokenizerFast])
+def test_lstrip_and_rstrip_added_tokens(cls):
+    """AddedToken(lstrip=True) swallows the whitespace before it, rstrip=True the whitespace after it (every
+    str.isspace character, not only ASCII), as the Python tokenizers apply them; with add_prefix_space too."""
+    for prefix in (False, True):
+        py = cls.from_pretrained("gpt2", add_prefix_space=prefix)
+        py.add_tokens(STRIPPING)
+        tok = TFGPT2Tokenizer.from_tokenizer(py)
+        assert tok.lstrip_tokens == ["<both>", "<mask>"] and tok.rstrip_tokens == ["<both>", "[SEP]"]
+        rng = np.random.default_rng(int(prefix))
+        pieces = ["<mask>", "[SEP]", "<both>", "<none>", "word", "x", "<|endoftext|>"]
+        texts = ["".join(rng.choice(SPACES) + rng.choice(pieces) for _ in range(rng.integers(1, 7))) + rng.choice(SPACES)
+                 for _ in range(300)]
+        texts += ["a <mask> b", "a\u3000\u3000<mask>", "[SEP]\u2028 b", " <both> ", "<mask><mask>", "  ", ""]
+        assert tok.tokenize(texts).to_list() == [py(t)["input_ids"] for t in texts], (cls, prefix)
+        again = TFGPT2Tokenizer.from_config(tok.get_config())
+        assert again.tokenize(texts[:20]).to_list() == [py(t)["input_ids"] for t in texts[:20]]
+
+
 def test_refused_options_and_inputs(tok):
     py = GPT2Tokenizer.from_pretrained("gpt2")
-    py.add_tokens([AddedToken("<x>", lstrip=True)])
-    with pytest.raises(ValueError, match="'<x>'.*lstrip"):
+    py.add_tokens([AddedToken("<x>", single_word=True)])
+    with pytest.raises(ValueError, match="'<x>' has single_word"):
         TFGPT2Tokenizer.from_tokenizer(py)
+    with pytest.raises(ValueError, match=r"lstrip_tokens names \['<y>'\], which are not added tokens"):
+        TFGPT2Tokenizer.from_pretrained("gpt2", lstrip_tokens=["<y>"])
     with pytest.raises(TypeError, match="dict"):
         TFGPT2Tokenizer.from_tokenizer({})
     with pytest.raises(ValueError, match="pad_token_id"):
