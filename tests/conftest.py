@@ -42,3 +42,14 @@ requires_transformers = pytest.mark.skipif(not has("transformers"), reason="tran
 @pytest.fixture
 def tiny_config() -> GPT2Config:
     return GPT2Config(**TINY)
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch intra-op threads for the test (whatever the machine has; each xdist worker runs with one), restored
+    after."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)

@@ -246,15 +246,6 @@ def test_fixed_step_after_an_inputs_embeds_prompt(force_fixed):
     assert torch.equal(fixed, run(m)[:, IDS.shape[1]:IDS.shape[1] + 10])  # the same as the ids' prompt
 
 
-@pytest.fixture
-def two_threads():
-    """Two intra-op threads for the test (whatever the machine has), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 @pytest.mark.parametrize("T, S, one", [(1, 7, True), (1, 2048, True), (1, 2049, False), (3, 7, False)])
 def test_one_query_attention_runs_on_one_thread(kernel, T, S, one, two_threads, monkeypatch):

@@ -26,14 +26,6 @@ def model(vocab_size=100):
                                       initializer_range=0.4)).eval()
 
 
-@pytest.fixture
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spy_threads(seen):
     """A logits processor and a stopping criterion that record the thread count they run with (the criteria are
     not asked at the last step: max_length stops first)."""
