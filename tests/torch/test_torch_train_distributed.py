@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # Dropout off: two processes draw other dropout masks than one does (each rank its own stream).
 CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 50257, "resid_pdrop": 0.0,
           "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-LAUNCH = "import json, sys\nfrom gpt2.torch.train import train\nprint(json.dumps(train(**json.loads(sys.argv[1]))))\n"
+# Each rank's summary line in one write() (print() makes two, which two processes sharing a pipe can interleave).
+LAUNCH = ("import json, sys\nfrom gpt2.torch.train import train\n"
+          "sys.stdout.write(json.dumps(train(**json.loads(sys.argv[1]))) + '\\n')\nsys.stdout.flush()\n")
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -54,7 +56,12 @@ def run(folder: Path, opts: dict, processes: int) -> subprocess.CompletedProcess
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(folder / "launch.py"), json.dumps(opts)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(folder))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    finished = sum(line.startswith("{") for line in done.stdout.splitlines()) == processes
+    # Seen once in CI on a loaded machine: a rank aborted in torch's exit-time destructors ("terminate called without
+    # an active exception", after destroy_process_group) when every rank had returned its summary and the run folder
+    # was complete. The checks below read that folder; any other failure fails here.
+    teardown = finished and "terminate called without an active exception" in done.stderr
+    assert done.returncode == 0 or teardown, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 
 
