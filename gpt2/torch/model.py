@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _torch_module
 from torch.utils.checkpoint import checkpoint
 
 from ..common.outputs import BaseModelOutputWithPastAndCrossAttentions
@@ -67,6 +68,51 @@ def _in_out(layer: nn.Module) -> nn.Module:
     return layer
 
 
+# Rows up to which a product without autograd on the CPU is split over the intra-op threads (_linear): measured on
+# 2 threads over the gpt2 shape's 48 block matrices, 0.61x addmm's time at 1 row, 0.58x at 2, 0.86x at 16 and 32,
+# even at 64 and slower beyond (benchmarks/RESULTS.md, issue 9).
+SPLIT_ROWS = 32
+
+
+def _hooked(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` would run a forward hook (its own or a global one)."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or getattr(_torch_module, "_global_forward_hooks", None)
+                or getattr(_torch_module, "_global_forward_pre_hooks", None))
+
+
+def _split_parts(n: int) -> int:
+    """How many slabs of an input dimension of ``n`` a split product uses: the most, up to the intra-op threads,
+    that divide ``n``."""
+    k = torch.get_num_threads()
+    while k > 1 and n % k:
+        k -= 1
+    return k
+
+
+def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``. On the CPU, for an ``nn.Linear`` over [in, out] memory (``_in_out``) in fp32, with at most
+    SPLIT_ROWS rows, no autograd and no hooks, the same product split over the intra-op threads: torch's CPU matmul
+    multiplies a few rows by a matrix on one thread, which streams the weight at one core's memory bandwidth (a
+    decoding step is that and little else). Cut into k slabs of the input dimension (each contiguous in [in, out]
+    memory) it runs as one bmm, a slab per thread, and the k partial products are summed: a gpt2-shape decoding
+    step's matrices in ~0.65x the time of ``x @ W`` on 2 threads. The sums are taken in another order than
+    addmm's: the same values within float rounding."""
+    weight = layer.weight
+    if (type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32
+            or weight.dtype != torch.float32 or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)) or _hooked(layer)):
+        return layer(x)
+    C = x.shape[-1]
+    rows, k = x.numel() // C, _split_parts(C)
+    w = weight.t()  # [in, out]
+    if rows > SPLIT_ROWS or k < 2 or not w.is_contiguous():
+        return layer(x)
+    y = torch.bmm(x.reshape(rows, k, C // k).transpose(0, 1), w.view(k, C // k, w.shape[1])).sum(0)  # [rows, out]
+    if layer.bias is not None:
+        y += layer.bias
+    return y.view(*x.shape[:-1], w.shape[1])
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (or cross-attention: queries from x, keys/values from the encoder)."""
 
@@ -98,17 +144,17 @@ class Attention(nn.Module):
         (cache.py): appended after what it holds, or written at the fixed step's position."""
         B, T, C = x.shape
         if self.is_cross_attention:
-            q = self._heads(self.q_attn(x))  # (B, nh, T, hs)
+            q = self._heads(_linear(self.q_attn, x))  # (B, nh, T, hs)
             held = cache.cross(self.layer_idx) if cache is not None else None
             if held is None:  # the encoder's keys and values: computed once, then re-used from the cache
-                k, v = self.c_attn(encoder_hidden_states).split(C, dim=2)
+                k, v = _linear(self.c_attn, encoder_hidden_states).split(C, dim=2)
                 k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs)
                 if cache is not None:
                     cache.set_cross(self.layer_idx, k, v)
             else:
                 k, v = held
         else:  # the views that split + _heads give, in 3 ops rather than 9 (each a few us on a decoding step)
-            qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
+            qkv = _linear(self.c_attn, x).view(B, T, 3, self.n_head, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
@@ -126,7 +172,7 @@ class Attention(nn.Module):
             y = sdpa_attention(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, dropout=dropout,
                                upcast=self.upcast)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return _dropout(self.resid_dropout, self.c_proj(y)), probs
+        return _dropout(self.resid_dropout, _linear(self.c_proj, y)), probs
 
 
 class MLP(nn.Module):
@@ -138,7 +184,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _dropout(self.dropout, self.c_proj(self.act(self.c_fc(x))))
+        return _dropout(self.dropout, _linear(self.c_proj, self.act(_linear(self.c_fc, x))))
 
 
 class Block(nn.Module):
