@@ -47,19 +47,31 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def floor_products(model):
+def floor_products(model, split: bool = False):
     """The matvec floor: a function computing ``x @ W`` once over every weight matrix of ``model`` (an LM-head
     model; W [in, out] contiguous, x one row). A decoding step reads every weight once, and a matrix-vector product
-    is the least it can do with each."""
+    is the least it can do with each. torch runs a one-row product on one thread; with ``split`` each product is
+    instead cut over the intra-op threads as our model's decoding step does (gpt2/torch/model.py ``_linear``: a bmm
+    over slabs of the input dimension, then a sum), the least that step can take with every thread streaming."""
     matrices = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear)]
     rows = [torch.randn(1, w.shape[0]) for w in matrices]
+    k = torch.get_num_threads()
 
     def products():
         with torch.inference_mode():
             for x, w in zip(rows, matrices):
                 x @ w
 
-    return products
+    def split_products():
+        with torch.inference_mode():
+            for x, w in zip(rows, matrices):
+                n = w.shape[0]
+                if n % k:  # as _linear, which then takes fewer slabs (here: the plain product)
+                    x @ w
+                    continue
+                torch.bmm(x.view(1, k, n // k).transpose(0, 1), w.view(k, n // k, w.shape[1])).sum(0)
+
+    return split_products if split else products
 
 
 def in_turns(fn, floor, repeats: int, floors: list) -> tuple[float, float]:
@@ -180,6 +192,13 @@ def main() -> int:
                                                                                           f_ratio / new)
         rows.append(("decode ms/token, assistant_model = first 2 layers (both)", d / new * 1e3, f / new * 1e3))
         floor = statistics.median(floors) * 1e3
+        # The same products split over the threads, in turns with the plain floor (3 x 9 runs each)
+        split_products, split_floors, plain_floors = floor_products(ours, split=True), [], []
+        for _ in range(3):
+            split_floors.append(timed(split_products, 9))
+            plain_floors.append(timed(products, 9))
+        split_floor = statistics.median(split_floors) * 1e3
+        split_vs_plain = statistics.median(split_floors) / statistics.median(plain_floors)
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads\n")
     print("| measure | ours | transformers | ours / transformers |")
@@ -197,9 +216,13 @@ def main() -> int:
                           ("compile_config={}", "compile")]:
             print(f"| {name} | {per_token[key][1]:.2f} | {theirs_ratio:.2f} |")
         print(f"| assisted, first 2 layers | {per_token['assisted'][1]:.2f} | {per_token['theirs assisted'][1]:.2f} |")
+        print(f"\nthe same products split over the {args.threads} threads (model._linear's bmm): median "
+              f"{split_floor:.2f} ms/token, {split_vs_plain:.2f}x the floor measured in turns with it; ours (default) "
+              f"{per_token['ours'][0] / split_floor:.2f}x it, transformers {per_token['theirs'][0] / split_floor:.2f}x")
     if floor is not None:
         details = {"threads": args.threads, "repeats": args.repeats, "rows": rows, "floor_ms": floor,
-                   "floors_ms": [t * 1e3 for t in floors], "decode_ms_and_ratio": per_token}
+                   "floors_ms": [t * 1e3 for t in floors], "decode_ms_and_ratio": per_token,
+                   "split_floor_ms": split_floor, "split_floor_vs_floor": split_vs_plain}
         figures = _results.decode_figures("torch", ours=per_token["ours"][0], transformers=per_token["theirs"][0],
                                           floor=floor)
         _results.write(run, kind="decode", figures=figures, details=details, path=args.json, smoke=args.small)
