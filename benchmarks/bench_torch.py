@@ -225,6 +225,7 @@ def main() -> int:
                    "split_floor_ms": split_floor, "split_floor_vs_floor": split_vs_plain}
         figures = _results.decode_figures("torch", ours=per_token["ours"][0], transformers=per_token["theirs"][0],
                                           floor=floor)
+        figures.append({"framework": "torch", "candidate": "floor (split over threads)", "ms_per_token": split_floor})
         _results.write(run, kind="decode", figures=figures, details=details, path=args.json, smoke=args.small)
     return 0
 
