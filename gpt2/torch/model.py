@@ -70,8 +70,9 @@ def _in_out(layer: nn.Module) -> nn.Module:
 
 # Rows up to which a product without autograd on the CPU is split over the intra-op threads (_linear): measured on
 # 2 threads over the gpt2 shape's 48 block matrices, 0.61x addmm's time at 1 row, 0.58x at 2, 0.86x at 16 and 32,
-# even at 64 and slower beyond (benchmarks/RESULTS.md, issue 9).
-SPLIT_ROWS = 32
+# even at 64 and slower beyond (benchmarks/RESULTS.md, issue 9). Measured with the x86 wheels' MKL, whose few-row
+# products take one thread; other BLAS builds (Accelerate, OpenBLAS) keep the layer's call.
+SPLIT_ROWS = 32 if torch.backends.mkl.is_available() else 0
 
 
 def _hooked(layer: nn.Module) -> bool:

@@ -13,6 +13,7 @@ pytestmark = requires_torch
 torch = pytest.importorskip("torch")
 
 from gpt2 import GPT2Config  # noqa: E402
+from gpt2.torch.model import SPLIT_ROWS as SPLIT_ROWS_AS_IMPORTED  # noqa: E402  (before the fixture below sets it)
 
 
 def linear(C=32, out=48, bias=True):
@@ -20,6 +21,18 @@ def linear(C=32, out=48, bias=True):
 
     torch.manual_seed(0)
     return _in_out(torch.nn.Linear(C, out, bias=bias))
+
+
+@pytest.fixture(autouse=True)
+def split_rows(monkeypatch):
+    """The split at 32 rows as on the x86 wheels (MKL), whatever BLAS this torch was built with."""
+    import gpt2.torch.model as model_module
+
+    monkeypatch.setattr(model_module, "SPLIT_ROWS", 32)
+
+
+def test_split_only_with_mkl():
+    assert SPLIT_ROWS_AS_IMPORTED == (32 if torch.backends.mkl.is_available() else 0)
 
 
 @pytest.fixture
