@@ -1,7 +1,8 @@
 """TensorFlow models, side by side with transformers 4.57.6's TF GPT-2 in one process, gpt2 (124M) shape, fp32, CPU.
 
-Measured (median of --repeats runs after a warm-up, the same random weights in both: transformers' TF model
-writes tf_model.h5, ours loads it):
+Measured in turns (after a warm-up of each, --repeats turns of one call of ours and one of transformers', the order
+swapped every turn; medians of each, and the median over the turns of their ratio), the same random weights in both
+(transformers' TF model writes tf_model.h5, ours loads it):
 - decode: greedy generate() of 64 new tokens after a 32-token prompt, batch 1, in ms per new token. transformers
   as its docs advise for speed, ``tf.function(model.generate, jit_compile=True)``; ours as it is (generate() is
   XLA-compiled by default). The first call of each (tracing + XLA compilation) is reported apart, and so are the
@@ -51,15 +52,35 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def in_turns(ours, theirs, repeats: int, between=None) -> tuple[float, float, float]:
+    """(median seconds of ``ours``, of ``theirs``, median over the turns of ours / theirs): after a warm-up of each,
+    ``repeats`` turns of one call each, the order swapped every turn, so that the machine's drift over the minutes a
+    measure takes falls on both alike. ``between()`` (the floor) runs after every turn."""
+    ours()
+    theirs()
+    mine, their, ratios = [], [], []
+    for turn in range(repeats):
+        order = [(ours, mine), (theirs, their)]
+        for fn, times in order if turn % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        ratios.append(mine[-1] / their[-1])
+        if between is not None:
+            between()
+    return statistics.median(mine), statistics.median(their), statistics.median(ratios)
+
+
 def first_call(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def matvec_floor(matrices: list[np.ndarray], repeats: int = 20) -> float:
-    """Seconds for ``x @ W`` over every weight matrix (x one row), in one XLA-compiled function: a decoding step
-    reads every weight once, and a matrix-vector product is the least it can do with each."""
+def matvec_floor(matrices: list[np.ndarray]):
+    """A function returning the seconds for ``x @ W`` over every weight matrix (x one row), in one XLA-compiled
+    function (the median of ``repeats`` runs): a decoding step reads every weight once, and a matrix-vector product
+    is the least it can do with each."""
     weights = [tf.constant(w) for w in matrices]
     rows = [tf.random.normal((1, w.shape[0])) for w in matrices]
 
@@ -67,7 +88,7 @@ def matvec_floor(matrices: list[np.ndarray], repeats: int = 20) -> float:
     def products(rows, weights):
         return [tf.matmul(x, w) for x, w in zip(rows, weights)]
 
-    return timed(lambda: [t.numpy() for t in products(rows, weights)][-1], repeats)
+    return lambda repeats=5: timed(lambda: [t.numpy() for t in products(rows, weights)][-1], repeats)
 
 
 def main() -> int:
@@ -123,10 +144,12 @@ def main() -> int:
     names = [k for k in state if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))]
     matrices = [np.ascontiguousarray(state[k], dtype=np.float32) for k in names]
     matrices.append(np.ascontiguousarray(state["transformer.wte.weight"].T, dtype=np.float32))  # the tied lm_head
-    floors = [matvec_floor(matrices)]
-    a = timed(lambda: decode_ours(prompt), args.repeats) / new * 1e3
-    b = timed(lambda: decode_theirs(prompt), args.repeats) / new * 1e3
-    floors.append(matvec_floor(matrices))
+    measure_floor = matvec_floor(matrices)
+    floors = [measure_floor(20)]
+    a, b, turns = in_turns(lambda: decode_ours(prompt), lambda: decode_theirs(prompt), args.repeats,
+                           between=lambda: floors.append(measure_floor()))
+    a, b = a / new * 1e3, b / new * 1e3
+    turn_ratios = {"decode": turns}
     floor = statistics.median(floors) * 1e3
     rows.append((f"decode ms/token (1x32 + {new} greedy, XLA)", a, b))
     rows.append(("decode: first call, s (trace + compile)", first_ours, first_theirs))
@@ -135,14 +158,16 @@ def main() -> int:
 
     # -- prefill and a train step ---------------------------------------------------------------------------------
     ids = tf.constant(rng.integers(0, 50257, prefill), dtype=tf.int32)
-    rows.append(("prefill %dx%d (s)" % prefill, timed(lambda: ours(ids, training=False).logits.numpy(), args.repeats),
-                 timed(lambda: theirs(ids, training=False).logits.numpy(), args.repeats)))
+    x, y, turn_ratios["prefill"] = in_turns(lambda: ours(ids, training=False).logits.numpy(),
+                                            lambda: theirs(ids, training=False).logits.numpy(), args.repeats)
+    rows.append(("prefill %dx%d (s)" % prefill, x, y))
     batch_ids = rng.integers(0, 50257, train).astype(np.int32)
     batch = {"input_ids": batch_ids, "labels": batch_ids}
     ours.compile(optimizer=keras.optimizers.Adam(1e-5))
     theirs.compile(optimizer=tf.keras.optimizers.Adam(1e-5))
-    rows.append(("train step %dx%d (s)" % train, timed(lambda: ours.train_on_batch(batch), args.repeats),
-                 timed(lambda: theirs.train_on_batch(batch), args.repeats)))
+    x, y, turn_ratios["train step"] = in_turns(lambda: ours.train_on_batch(batch),
+                                               lambda: theirs.train_on_batch(batch), args.repeats)
+    rows.append(("train step %dx%d (s)" % train, x, y))
 
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, transformers {transformers.__version__}, "
           f"greedy tokens equal: {same}\n")
@@ -150,12 +175,14 @@ def main() -> int:
     print("|---|---|---|---|")
     for name, x, y in rows:
         print(f"| {name} | {x:.4f} | {y:.4f} | {x / y:.2f} |")
+    print("\nours / transformers, median over the turns (each turn one call of each, in alternating order): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in turn_ratios.items()))
     print(f"\nmatvec floor for decoding (x @ W over every weight matrix under XLA, median of {len(floors)} measures "
           f"in this run: {', '.join(f'{t * 1e3:.2f}' for t in floors)}): {floor:.2f} ms/token")
     print(f"| decode | ours / floor | transformers / floor |\n|---|---|---|\n| ms/token | {a / floor:.2f} | "
           f"{b / floor:.2f} |")
     details = {"repeats": args.repeats, "rows": rows, "floor_ms": floor, "floors_ms": [t * 1e3 for t in floors],
-               "same_tokens": same}
+               "same_tokens": same, "turn_ratios": turn_ratios}
     _results.write(run, kind="decode", figures=_results.decode_figures("tf", ours=a, transformers=b, floor=floor),
                    details=details, path=args.json, smoke=args.small)
     return 0 if same else 1
