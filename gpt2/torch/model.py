@@ -77,7 +77,8 @@ SPLIT_ROWS = 32 if torch.backends.mkl.is_available() else 0
 
 def _hooked(layer: nn.Module) -> bool:
     """Whether calling ``layer`` would run a forward hook (its own or a global one)."""
-    return bool(layer._forward_hooks or layer._forward_pre_hooks or getattr(_torch_module, "_global_forward_hooks", None)
+    return bool(layer._forward_hooks or layer._forward_pre_hooks
+                or getattr(_torch_module, "_global_forward_hooks", None)
                 or getattr(_torch_module, "_global_forward_pre_hooks", None))
 
 
