@@ -27,7 +27,7 @@ import torch
 
 from .attention import mask_value, scores_dtype
 from .cache import KVCache
-from .model import _linear
+from .model import project
 
 COMPILE_OPTIONS = ("fullgraph", "dynamic", "backend", "mode", "options")
 # What a model keeps between generate() calls (its last FixedStep, its torch.compile wrappers), outside the model so
@@ -44,7 +44,7 @@ def decode_step(model, ids, positions, mask, cache):
     """
     t = model.transformer
     x, *_ = t.core(t.embed(ids, position_ids=positions), mask=mask, cache=cache)  # (B, 1, C)
-    return _linear(model.lm_head, x)[:, -1, :].float()
+    return project(model.lm_head, x)[:, -1, :].float()
 
 
 def compile_options(compile_config) -> dict:

@@ -19,7 +19,7 @@ from ..common.outputs import (
     TokenClassifierOutput,
 )
 from .generation import GenerationMixin
-from .model import GPT2Model, _linear, identity
+from .model import GPT2Model, identity, project
 from .pretrained import GPT2PreTrainedModel
 
 IGNORE_INDEX = -100  # label value that no loss counts (transformers' convention)
@@ -109,7 +109,7 @@ class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
                                              output_hidden_states, encoder_hidden_states=encoder_hidden_states,
                                              encoder_attention_mask=encoder_attention_mask))
         x = out.last_hidden_state
-        logits = _linear(self.lm_head, x[:, -logits_to_keep:] if logits_to_keep else x)
+        logits = project(self.lm_head, x[:, -logits_to_keep:] if logits_to_keep else x)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithCrossAttentions(loss, logits, out.past_key_values, out.hidden_states,
                                                    out.attentions, out.cross_attentions)
@@ -172,7 +172,7 @@ class GPT2DoubleHeadsModel(GenerationMixin, GPT2PreTrainedModel):
                                              position_ids, head_mask, inputs_embeds, use_cache, output_attentions,
                                              output_hidden_states))
         x = out.last_hidden_state  # (B, num_choices, T, C)
-        logits = _linear(self.lm_head, x)
+        logits = project(self.lm_head, x)
         mc_logits = self.multiple_choice_head(x, mc_token_ids).squeeze(-1)  # (B, num_choices)
         mc_loss = loss = None
         if mc_labels is not None:

@@ -68,7 +68,7 @@ def _in_out(layer: nn.Module) -> nn.Module:
     return layer
 
 
-# Rows up to which a product without autograd on the CPU is split over the intra-op threads (_linear): measured on
+# Rows up to which a product without autograd on the CPU is split over the intra-op threads (project): measured on
 # 2 threads over the gpt2 shape's 48 block matrices, 0.61x addmm's time at 1 row, 0.58x at 2, 0.86x at 16 and 32,
 # even at 64 and slower beyond (benchmarks/RESULTS.md, issue 9). Measured with the x86 wheels' MKL, whose few-row
 # products take one thread; other BLAS builds (Accelerate, OpenBLAS) keep the layer's call.
@@ -91,7 +91,7 @@ def _split_parts(n: int) -> int:
     return k
 
 
-def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)``. On the CPU, for an ``nn.Linear`` over [in, out] memory (``_in_out``) in fp32, with at most
     SPLIT_ROWS rows, no autograd and no hooks, the same product split over the intra-op threads: torch's CPU matmul
     multiplies a few rows by a matrix on one thread, which streams the weight at one core's memory bandwidth (a
@@ -146,17 +146,17 @@ class Attention(nn.Module):
         (cache.py): appended after what it holds, or written at the fixed step's position."""
         B, T, C = x.shape
         if self.is_cross_attention:
-            q = self._heads(_linear(self.q_attn, x))  # (B, nh, T, hs)
+            q = self._heads(project(self.q_attn, x))  # (B, nh, T, hs)
             held = cache.cross(self.layer_idx) if cache is not None else None
             if held is None:  # the encoder's keys and values: computed once, then re-used from the cache
-                k, v = _linear(self.c_attn, encoder_hidden_states).split(C, dim=2)
+                k, v = project(self.c_attn, encoder_hidden_states).split(C, dim=2)
                 k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs)
                 if cache is not None:
                     cache.set_cross(self.layer_idx, k, v)
             else:
                 k, v = held
         else:  # the views that split + _heads give, in 3 ops rather than 9 (each a few us on a decoding step)
-            qkv = _linear(self.c_attn, x).view(B, T, 3, self.n_head, self.head_dim)
+            qkv = project(self.c_attn, x).view(B, T, 3, self.n_head, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
@@ -174,7 +174,7 @@ class Attention(nn.Module):
             y = sdpa_attention(q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, dropout=dropout,
                                upcast=self.upcast)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return _dropout(self.resid_dropout, _linear(self.c_proj, y)), probs
+        return _dropout(self.resid_dropout, project(self.c_proj, y)), probs
 
 
 class MLP(nn.Module):
@@ -186,7 +186,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _dropout(self.dropout, _linear(self.c_proj, self.act(_linear(self.c_fc, x))))
+        return _dropout(self.dropout, project(self.c_proj, self.act(project(self.c_fc, x))))
 
 
 class Block(nn.Module):

@@ -1,4 +1,4 @@
-"""model._linear: on the CPU, a product of at most SPLIT_ROWS rows without autograd is split over the intra-op
+"""model.project: on the CPU, a product of at most SPLIT_ROWS rows without autograd is split over the intra-op
 threads (a bmm over slabs of the input dimension, then a sum); everything else is the layer's own call. The split
 gives the layer's values within float rounding, a model's outputs and greedy tokens are those of the plain product,
 and hooks, autograd, other dtypes and layouts take the layer's call."""
@@ -37,7 +37,7 @@ def test_split_only_with_mkl():
 
 @pytest.fixture
 def bmm_calls(monkeypatch):
-    """How many times torch.bmm was called (model._linear's split is the only torch.bmm in these paths)."""
+    """How many times torch.bmm was called (model.project's split is the only torch.bmm in these paths)."""
     calls = []
     bmm = torch.bmm
 
@@ -52,11 +52,11 @@ def bmm_calls(monkeypatch):
 @pytest.mark.parametrize("shape", [(1, 32), (1, 1, 32), (4, 1, 32), (2, 16, 32), (5, 3, 32)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_split_equals_the_layer(shape, bias, two_threads, bmm_calls):
-    from gpt2.torch.model import _linear
+    from gpt2.torch.model import project
 
     layer, x = linear(bias=bias), torch.randn(shape)
     with torch.no_grad():
-        got = _linear(layer, x)
+        got = project(layer, x)
         bmm_calls_split = len(bmm_calls)
         want = layer(x)
     assert bmm_calls_split == 1  # split: rows <= SPLIT_ROWS on two threads
@@ -65,52 +65,52 @@ def test_split_equals_the_layer(shape, bias, two_threads, bmm_calls):
 
 
 def test_more_rows_than_split_rows_take_the_layer(two_threads, bmm_calls):
-    from gpt2.torch.model import SPLIT_ROWS, _linear
+    from gpt2.torch.model import SPLIT_ROWS, project
 
     layer = linear()
     with torch.no_grad():
-        assert torch.equal(_linear(layer, torch.ones(SPLIT_ROWS + 1, 32)), layer(torch.ones(SPLIT_ROWS + 1, 32)))
+        assert torch.equal(project(layer, torch.ones(SPLIT_ROWS + 1, 32)), layer(torch.ones(SPLIT_ROWS + 1, 32)))
     assert bmm_calls == []
 
 
 def test_not_split_with_autograd_hooks_other_dtypes_or_layouts(two_threads, bmm_calls):
-    from gpt2.torch.model import _linear
+    from gpt2.torch.model import project
 
     layer, x = linear(), torch.randn(1, 32)
-    y = _linear(layer, x)  # grad enabled, the weight requires grad: the layer's own call, which autograd records
+    y = project(layer, x)  # grad enabled, the weight requires grad: the layer's own call, which autograd records
     y.sum().backward()
     assert layer.weight.grad is not None and bmm_calls == []
     seen = []
     handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     with torch.no_grad():
-        _linear(layer, x)
+        project(layer, x)
     handle.remove()
     assert seen == [(1, 48)] and bmm_calls == []  # the hook ran: the layer was called
     handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: seen.append(1))
     try:
         with torch.no_grad():
-            _linear(layer, x)
+            project(layer, x)
     finally:
         handle.remove()
     assert seen[-1] == 1 and bmm_calls == []  # a global hook also runs
     with torch.no_grad():
-        _linear(linear().to(torch.bfloat16), x.bfloat16())  # fp32 only
+        project(linear().to(torch.bfloat16), x.bfloat16())  # fp32 only
         plain = torch.nn.Linear(32, 48)  # [out, in] memory: the slabs of its input dimension are not contiguous
-        torch.testing.assert_close(_linear(plain, x), plain(x))
+        torch.testing.assert_close(project(plain, x), plain(x))
     assert bmm_calls == []
     with torch.no_grad():
-        _linear(layer, x)
+        project(layer, x)
     assert len(bmm_calls) == 1  # and with none of those, split
 
 
 def test_one_thread_is_not_split(bmm_calls):
-    from gpt2.torch.model import _linear
+    from gpt2.torch.model import project
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            _linear(linear(), torch.randn(1, 32))
+            project(linear(), torch.randn(1, 32))
     finally:
         torch.set_num_threads(threads)
     assert bmm_calls == []
@@ -130,7 +130,7 @@ def test_split_parts_divide_the_input_dimension(threads, n, parts):
 
 def test_model_and_generate_equal_the_plain_products(two_threads, bmm_calls, monkeypatch):
     """A decoding model on two threads (split products) against the same model with splitting off: logits within
-    float rounding, the same greedy tokens (prefill, fixed step and eager step all run through _linear)."""
+    float rounding, the same greedy tokens (prefill, fixed step and eager step all run through project)."""
     import gpt2.torch.model as model_module
     from gpt2.torch import GPT2LMHeadModel
 
