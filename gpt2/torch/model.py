@@ -98,7 +98,8 @@ def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     decoding step is that and little else). Cut into k slabs of the input dimension (each contiguous in [in, out]
     memory) it runs as one bmm, a slab per thread, and the k partial products are summed: a gpt2-shape decoding
     step's matrices in ~0.65x the time of ``x @ W`` on 2 threads. The sums are taken in another order than
-    addmm's: the same values within float rounding."""
+    addmm's: the same values within float rounding. torch only: TF and Flax call their layers directly, because
+    under XLA the same split measured no faster than XLA's own one-row dot (benchmarks/RESULTS.md, issue 10)."""
     weight = layer.weight
     if (type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32
             or weight.dtype != torch.float32 or torch.compiler.is_compiling()
