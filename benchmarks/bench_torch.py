@@ -51,11 +51,14 @@ def floor_products(model, split: bool = False):
     """The matvec floor: a function computing ``x @ W`` once over every weight matrix of ``model`` (an LM-head
     model; W [in, out] contiguous, x one row). A decoding step reads every weight once, and a matrix-vector product
     is the least it can do with each. torch runs a one-row product on one thread; with ``split`` each product is
-    instead cut over the intra-op threads as our model's decoding step does (gpt2/torch/model.py ``project``: a bmm
-    over slabs of the input dimension, then a sum), the least that step can take with every thread streaming."""
-    matrices = [m.weight.detach().t().contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    instead made by the model's own ``gpt2.torch.model.project`` over its layers, which cuts it over the intra-op
+    threads (a bmm over slabs of the input dimension, then a sum, and the bias): the least our decoding step can
+    take with every thread streaming."""
+    from gpt2.torch.model import project
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    matrices = [m.weight.detach().t().contiguous() for m in layers]
     rows = [torch.randn(1, w.shape[0]) for w in matrices]
-    k = torch.get_num_threads()
 
     def products():
         with torch.inference_mode():
@@ -64,12 +67,8 @@ def floor_products(model, split: bool = False):
 
     def split_products():
         with torch.inference_mode():
-            for x, w in zip(rows, matrices):
-                n = w.shape[0]
-                if n % k:  # as project, which then takes fewer slabs (here: the plain product)
-                    x @ w
-                    continue
-                torch.bmm(x.view(1, k, n // k).transpose(0, 1), w.view(k, n // k, w.shape[1])).sum(0)
+            for x, layer in zip(rows, layers):
+                project(layer, x)
 
     return split_products if split else products
 
@@ -216,7 +215,7 @@ def main() -> int:
                           ("compile_config={}", "compile")]:
             print(f"| {name} | {per_token[key][1]:.2f} | {theirs_ratio:.2f} |")
         print(f"| assisted, first 2 layers | {per_token['assisted'][1]:.2f} | {per_token['theirs assisted'][1]:.2f} |")
-        print(f"\nthe same products split over the {args.threads} threads (model.project's bmm): median "
+        print(f"\nthe same products split over the {args.threads} threads (model.project): median "
               f"{split_floor:.2f} ms/token, {split_vs_plain:.2f}x the floor measured in turns with it; ours (default) "
               f"{per_token['ours'][0] / split_floor:.2f}x it, transformers {per_token['theirs'][0] / split_floor:.2f}x")
     if floor is not None:
