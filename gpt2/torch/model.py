@@ -76,10 +76,14 @@ SPLIT_ROWS = 32 if torch.backends.mkl.is_available() else 0
 
 
 def _hooked(layer: nn.Module) -> bool:
-    """Whether calling ``layer`` would run a forward hook (its own or a global one)."""
-    return bool(layer._forward_hooks or layer._forward_pre_hooks
-                or getattr(_torch_module, "_global_forward_hooks", None)
-                or getattr(_torch_module, "_global_forward_pre_hooks", None))
+    """Whether calling ``layer`` would run a hook (its own or a global one, forward or backward)."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+                or layer._backward_pre_hooks
+                or any(getattr(_torch_module, name, None) for name in _GLOBAL_HOOKS))
+
+
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
 
 
 def _split_parts(n: int) -> int:
@@ -91,20 +95,94 @@ def _split_parts(n: int) -> int:
     return k
 
 
+def _onednn_linear():
+    """torch's oneDNN linear (``mkldnn::_linear_pointwise``, the op Inductor's CPU code calls for linear layers) on
+    x86 builds with MKL, or None: elsewhere it is absent or unmeasured."""
+    if not (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()):
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+# The least multiply-adds (rows x in x out) of a training product for which oneDNN's linear is used: its fixed cost
+# per call (~10 us) makes it slower than MKL below ~2^22 and about even at 2^23 (2 threads, forward and input
+# gradient, rows 64-1024 x C 64-768, benchmarks/RESULTS.md, issue 13); gpt2 (124M) at 1024 rows does 2^29-2^35.
+TRAINING_PRODUCT_MACS = 1 << 23
+
+
+def _transformed() -> bool:
+    """Whether a torch.func transform or a forward-mode AD level is active: ``_TrainingProduct`` has no rule for
+    either (no vmap batching, no jvp), so the layer's own call runs there."""
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(functorch is not None and functorch()) or torch.autograd.forward_ad._current_level >= 0
+
+
+class _TrainingProduct(torch.autograd.Function):
+    """``x @ W^T + b`` with autograd for training on the CPU in fp32, W row-major [out, in] (``gpt2 train``'s
+    layout): the forward product and the input's gradient run through oneDNN's linear, the weight's gradient is
+    torch's ``mm`` (MKL). On this machine's AMD EPYC (Zen 4), with the x86 wheels, MKL's sgemm ran the gpt2 shape's
+    training products at 115-200 GFLOP/s (115 for the lm head's forward), oneDNN at 180-215; for the weight's
+    gradient oneDNN is no faster, its wrapper copying both transposed operands. An update of gpt2 (124M), batch 4 x
+    256, took 0.87-0.96x the time with it, in alternating updates in one process (benchmarks/RESULTS.md, issue 13).
+    The sums run in another order than MKL's: the same values within float rounding. Under ``create_graph`` the
+    backward uses differentiable products, so double backward works."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])  # [rows, in]
+        ctx.save_for_backward(x2, weight)
+        ctx.with_bias = bias is not None
+        y = _ONEDNN_LINEAR(x2, weight, bias, "none", [], "")  # [rows, out]
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])  # [rows, out]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            if torch.is_grad_enabled():  # create_graph: the oneDNN op has no derivative
+                dx = dy2 @ weight  # [rows, in]
+            else:
+                dx = _ONEDNN_LINEAR(dy2, weight.t(), None, "none", [], "")  # [rows, in]
+            dx = dx.view(*dy.shape[:-1], weight.shape[1])
+        if ctx.needs_input_grad[1]:
+            dw = dy2.t() @ x2  # [out, in]
+        if ctx.with_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db
+
+
 def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``. On the CPU, for an ``nn.Linear`` over [in, out] memory (``_in_out``) in fp32, with at most
-    SPLIT_ROWS rows, no autograd and no hooks, the same product split over the intra-op threads: torch's CPU matmul
-    multiplies a few rows by a matrix on one thread, which streams the weight at one core's memory bandwidth (a
-    decoding step is that and little else). Cut into k slabs of the input dimension (each contiguous in [in, out]
-    memory) it runs as one bmm, a slab per thread, and the k partial products are summed: a gpt2-shape decoding
-    step's matrices in ~0.65x the time of ``x @ W`` on 2 threads. The sums are taken in another order than
-    addmm's: the same values within float rounding. torch only: TF and Flax call their layers directly, because
-    under XLA the same split measured no faster than XLA's own one-row dot (benchmarks/RESULTS.md, issue 10)."""
+    """``layer(x)``, faster on the CPU for an exact ``nn.Linear`` in fp32 without hooks, autocast or
+    torch.compile, in two cases (elsewhere the layer's own call: CUDA, bf16 / fp16, a module put in the layer's place
+    such as LoRA, other BLAS builds):
+
+    - **Decoding** (no autograd, at most SPLIT_ROWS rows, [in, out] memory, ``_in_out``): the product split over
+      the intra-op threads. torch's CPU matmul multiplies a few rows by a matrix on one thread, which streams the
+      weight at one core's memory bandwidth (a decoding step is that and little else). Cut into k slabs of the
+      input dimension (each contiguous in [in, out] memory) it runs as one bmm, a slab per thread, and the k partial
+      products are summed: a gpt2-shape decoding step's matrices in ~0.65x the time of ``x @ W`` on 2 threads.
+    - **Training** (autograd, a row-major [out, in] weight, as ``gpt2 train`` keeps them, at least
+      TRAINING_PRODUCT_MACS multiply-adds): ``_TrainingProduct``, oneDNN's linear for the forward and the input's
+      gradient.
+
+    The sums are taken in another order than addmm's: the same values within float rounding. torch only: TF and
+    Flax call their layers directly, because under XLA the same split measured no faster than XLA's own one-row
+    dot (benchmarks/RESULTS.md, issue 10)."""
     weight = layer.weight
     if (type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32
-            or weight.dtype != torch.float32 or torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)) or _hooked(layer)):
+            or weight.dtype != torch.float32 or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+            or _hooked(layer)):
         return layer(x)
+    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
+        if (_ONEDNN_LINEAR is None or not weight.is_contiguous() or x.numel() * weight.shape[0] < TRAINING_PRODUCT_MACS
+                or x.numel() == 0 or _transformed()):
+            return layer(x)
+        return _TrainingProduct.apply(x, weight, layer.bias)
     C = x.shape[-1]
     rows, k = x.numel() // C, _split_parts(C)
     w = weight.t()  # [in, out]
