@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIG = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 50257, "resid_pdrop": 0.0,
           "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 # Each rank's summary line in one write() (print() makes two, which two processes sharing a pipe can interleave).
-LAUNCH = ("import json, sys\nfrom gpt2.torch.train import train\n"
+# Every projection through the oneDNN training product (model.py _TrainingProduct), however small, so that DDP and
+# FSDP2 run it (where the build has none, the layer's own call: the same checks).
+LAUNCH = ("import json, sys\nimport gpt2.torch.model\nfrom gpt2.torch.train import train\n"
+          "gpt2.torch.model.TRAINING_PRODUCT_MACS = 0\n"
           "sys.stdout.write(json.dumps(train(**json.loads(sys.argv[1]))) + '\\n')\nsys.stdout.flush()\n")
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
