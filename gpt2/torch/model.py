@@ -97,13 +97,18 @@ def _split_parts(n: int) -> int:
 
 def _onednn_linear():
     """torch's oneDNN linear (``mkldnn::_linear_pointwise``, the op Inductor's CPU code calls for linear layers) on
-    x86 builds with MKL, or None: elsewhere it is absent or unmeasured."""
+    x86 builds with MKL, or None: elsewhere it is absent or unmeasured. It is an internal op, so it is first tried on
+    a small product: a torch whose op is missing or takes other arguments keeps the layer's own call."""
     if not (torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available()):
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w, b = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3), torch.arange(4.0)
+        if torch.equal(op(x, w, b, "none", [], ""), torch.addmm(b, x, w.t())):
+            return op
+    except (AttributeError, RuntimeError, TypeError):
+        pass
+    return None
 
 
 _ONEDNN_LINEAR = _onednn_linear()

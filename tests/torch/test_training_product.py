@@ -41,6 +41,26 @@ def test_available_on_the_x86_wheels():
 
 
 @ours
+def test_the_op_is_tried_first(monkeypatch):
+    """An internal op: one that is missing, takes other arguments or gives other values is not used."""
+    assert model_module._onednn_linear() is not None
+    namespace = torch.ops.mkldnn
+
+    def other_arguments(x, w, b, attr):
+        return x @ w.t()
+
+    def other_values(x, w, b, *args):
+        return x @ w.t()  # no bias
+
+    for fake in (other_arguments, other_values):
+        monkeypatch.setattr(namespace, "_linear_pointwise", fake)
+        assert model_module._onednn_linear() is None, fake.__name__
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    assert model_module._onednn_linear() is None
+
+
+@ours
 @pytest.mark.parametrize("shape", [(7, 48), (2, 33, 48), (3, 1, 48), (1, 300, 48)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_values_and_gradients_equal_the_layer(shape, bias, two_threads):
