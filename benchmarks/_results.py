@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,19 @@ COMMANDS = {
     "bench_convert": ".venv/bin/python benchmarks/bench_convert.py",
     "bench_train": ".venv/bin/python benchmarks/bench_train.py --repeats 5",
 }
+
+
+# -- timing ----------------------------------------------------------------------------------------------------------
+
+def timed(fn, repeats: int) -> float:
+    """The median seconds of ``repeats`` calls of ``fn`` after one call not measured (the warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 # -- the header ------------------------------------------------------------------------------------------------------

@@ -44,16 +44,6 @@ import numpy as np  # noqa: E402
 import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def first_call(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -69,7 +59,7 @@ def matvec_floor(matrices: list[np.ndarray], repeats: int = 20) -> float:
     weights = [jnp.asarray(w) for w in matrices]
     rows = [jax.random.normal(jax.random.key(i), (1, w.shape[0])) for i, w in enumerate(matrices)]
     products = jax.jit(lambda rows, weights: [x @ w for x, w in zip(rows, weights)])
-    return timed(lambda: jax.block_until_ready(products(rows, weights)), repeats)
+    return _results.timed(lambda: jax.block_until_ready(products(rows, weights)), repeats)
 
 
 def causal_lm_loss(logits, ids):
@@ -152,9 +142,9 @@ def main() -> int:
     matrices = [np.ascontiguousarray(state[k], dtype=np.float32) for k in names]
     matrices.append(np.ascontiguousarray(state["transformer.wte.weight"].T, dtype=np.float32))  # the tied lm_head
     floors = [matvec_floor(matrices)]
-    a = timed(lambda: decode_ours(prompt), args.repeats) / new * 1e3
-    b = timed(lambda: decode_theirs(prompt), args.repeats) / new * 1e3
-    c = timed(lambda: decode_theirs_jit(prompt), args.repeats) / new * 1e3
+    a = _results.timed(lambda: decode_ours(prompt), args.repeats) / new * 1e3
+    b = _results.timed(lambda: decode_theirs(prompt), args.repeats) / new * 1e3
+    c = _results.timed(lambda: decode_theirs_jit(prompt), args.repeats) / new * 1e3
     floors.append(matvec_floor(matrices))
     floor = statistics.median(floors) * 1e3
     rows.append((f"decode ms/token (1x{P} + {new} greedy)", a, b))
@@ -170,8 +160,8 @@ def main() -> int:
     our_forward = jax.jit(lambda weights, ids: nnx.merge(graphdef, weights)(ids).logits)
     their_forward = jax.jit(lambda params, ids: theirs(ids, params=params).logits)
     rows.append(("prefill %dx%d, jit (s)" % prefill,
-                 timed(lambda: jax.block_until_ready(our_forward(weights, ids)), args.repeats),
-                 timed(lambda: jax.block_until_ready(their_forward(theirs.params, ids)), args.repeats)))
+                 _results.timed(lambda: jax.block_until_ready(our_forward(weights, ids)), args.repeats),
+                 _results.timed(lambda: jax.block_until_ready(their_forward(theirs.params, ids)), args.repeats)))
 
     batch = jnp.asarray(rng.integers(0, 50257, train), dtype=jnp.int32)
     optimizer = optax.adam(1e-5)
@@ -197,8 +187,8 @@ def main() -> int:
         return jax.block_until_ready(loss)
 
     rows.append(("train step %dx%d, optax Adam, jit (s)" % train,
-                 timed(lambda: jax.block_until_ready(our_step(ours, our_opt, batch)), args.repeats),
-                 timed(their_train, args.repeats)))
+                 _results.timed(lambda: jax.block_until_ready(our_step(ours, our_opt, batch)), args.repeats),
+                 _results.timed(their_train, args.repeats)))
 
     print(f"jax {jax.__version__}, flax {flax.__version__}, transformers {transformers.__version__}, "
           f"{'QUICK (tiny shape) ' if args.quick else ''}greedy tokens equal: {same}\n")

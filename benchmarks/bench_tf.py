@@ -42,16 +42,6 @@ import tensorflow as tf  # noqa: E402
 import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def in_turns(ours, theirs, repeats: int, between=None) -> tuple[float, float, float]:
     """(median seconds of ``ours``, of ``theirs``, median over the turns of ours / theirs): after a warm-up of each,
     ``repeats`` turns of one call each, the order swapped every turn, so that the machine's drift over the minutes a
@@ -88,7 +78,7 @@ def matvec_floor(matrices: list[np.ndarray]):
     def products(rows, weights):
         return [tf.matmul(x, w) for x, w in zip(rows, weights)]
 
-    return lambda repeats=5: timed(lambda: [t.numpy() for t in products(rows, weights)][-1], repeats)
+    return lambda repeats=5: _results.timed(lambda: [t.numpy() for t in products(rows, weights)][-1], repeats)
 
 
 def main() -> int:

@@ -37,16 +37,6 @@ import torch  # noqa: E402
 import _results  # noqa: E402  (benchmarks/_results.py: the results file plot.py reads)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def floor_products(model, split: bool = False):
     """The matvec floor: a function computing ``x @ W`` once over every weight matrix of ``model`` (an LM-head
     model; W [in, out] contiguous, x one row). A decoding step reads every weight once, and a matrix-vector product
@@ -79,12 +69,12 @@ def in_turns(fn, floor, repeats: int, floors: list) -> tuple[float, float]:
     floor's measures."""
     fn()  # warm-up
     times, ratios = [], []
-    before = timed(floor, 5)
+    before = _results.timed(floor, 5)
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-        after = timed(floor, 5)
+        after = _results.timed(floor, 5)
         ratios.append(times[-1] / ((before + after) / 2))
         floors.append(after)
         before = after
@@ -121,8 +111,8 @@ def main() -> int:
             model(ids, use_cache=False)
 
     ids = torch.randint(0, 50257, prefill)
-    rows.append(("prefill %dx%d (s)" % prefill, timed(lambda: forward(ours, ids), args.repeats),
-                 timed(lambda: forward(theirs, ids), args.repeats)))
+    rows.append(("prefill %dx%d (s)" % prefill, _results.timed(lambda: forward(ours, ids), args.repeats),
+                 _results.timed(lambda: forward(theirs, ids), args.repeats)))
 
     def step(model, optimizer, batch):
         model.train()
@@ -134,8 +124,8 @@ def main() -> int:
     batch = torch.randint(0, 50257, train)
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-5)
-    rows.append(("train step %dx%d (s)" % train, timed(lambda: step(ours, opt_ours, batch), args.repeats),
-                 timed(lambda: step(theirs, opt_theirs, batch), args.repeats)))
+    rows.append(("train step %dx%d (s)" % train, _results.timed(lambda: step(ours, opt_ours, batch), args.repeats),
+                 _results.timed(lambda: step(theirs, opt_theirs, batch), args.repeats)))
     ours.eval()
     theirs.eval()
 
@@ -194,8 +184,8 @@ def main() -> int:
         # The same products split over the threads, in turns with the plain floor (3 x 9 runs each)
         split_products, split_floors, plain_floors = floor_products(ours, split=True), [], []
         for _ in range(3):
-            split_floors.append(timed(split_products, 9))
-            plain_floors.append(timed(products, 9))
+            split_floors.append(_results.timed(split_products, 9))
+            plain_floors.append(_results.timed(products, 9))
         split_floor = statistics.median(split_floors) * 1e3
         split_vs_plain = statistics.median(split_floors) / statistics.median(plain_floors)
 

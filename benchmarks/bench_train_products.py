@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,15 +27,8 @@ import gpt2.torch.model as model_module
 from gpt2.common.config import GPT2Config
 from gpt2.torch import GPT2LMHeadModel
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402  (benchmarks/_results.py: timed)
 
 
 def products(rows: int, C: int, V: int, repeats: int) -> None:
@@ -47,7 +42,7 @@ def products(rows: int, C: int, V: int, repeats: int) -> None:
                 ("forward", lambda: torch.mm(x, w.t()), lambda: linear(x, w, None, "none", [], "")),
                 ("input grad", lambda: torch.mm(dy, w), lambda: linear(dy, w.t(), None, "none", [], "")),
                 ("weight grad", lambda: torch.mm(dy.t(), x), lambda: linear(dy.t(), x.t(), None, "none", [], ""))):
-            a, b = median_time(mkl, repeats), median_time(onednn, repeats)
+            a, b = _results.timed(mkl, repeats), _results.timed(onednn, repeats)
             print(f"| {name} {what} | {flops / a / 1e9:.0f} | {flops / b / 1e9:.0f} | {b / a:.2f} |")
 
 
@@ -69,6 +64,8 @@ def updates(config: GPT2Config, batch: int, block: int, count: int) -> None:
         return time.perf_counter() - start
 
     times = {"oneDNN": [], "MKL": []}
+    macs = model_module.TRAINING_PRODUCT_MACS
+    model_module.TRAINING_PRODUCT_MACS = 0  # every product of the oneDNN turns through it (--small's are tiny)
     try:
         update()  # warm-up
         for i in range(count):
@@ -76,7 +73,7 @@ def updates(config: GPT2Config, batch: int, block: int, count: int) -> None:
                 model_module._ONEDNN_LINEAR = linear if name == "oneDNN" else None
                 times[name].append(update())
     finally:
-        model_module._ONEDNN_LINEAR = linear
+        model_module._ONEDNN_LINEAR, model_module.TRAINING_PRODUCT_MACS = linear, macs
     ratios = [a / b for a, b in zip(times["oneDNN"], times["MKL"])]
     print(f"\n{count} updates each, alternating, batch {batch} x {block}, dropout 0.1, fused AdamW, clip 1.0")
     for name, t in times.items():
