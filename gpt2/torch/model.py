@@ -76,14 +76,12 @@ SPLIT_ROWS = 32 if torch.backends.mkl.is_available() else 0
 
 
 def _hooked(layer: nn.Module) -> bool:
-    """Whether calling ``layer`` would run a hook (its own or a global one, forward or backward)."""
+    """Whether calling ``layer`` would run a hook (its own or a global one, forward or backward). Written out: it
+    runs for every product of a decoding step."""
     return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
-                or layer._backward_pre_hooks
-                or any(getattr(_torch_module, name, None) for name in _GLOBAL_HOOKS))
-
-
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
+                or layer._backward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks
+                or _torch_module._global_backward_pre_hooks)
 
 
 def _split_parts(n: int) -> int:
