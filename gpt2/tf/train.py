@@ -7,25 +7,27 @@ plot) is gpt2/common/training.py and gpt2/common/data.py; this file is the Keras
   projections scaled by 1/sqrt(2 n_layer)), ``from_pretrained`` for ``--model`` and for ``--resume``;
 - ``compile(optimizer)`` without a loss (the batches carry ``labels``; the model shifts them inside its loss);
 - ``keras.optimizers.AdamW`` with ``exclude_from_weight_decay`` (by variable identity: every variable whose
-  canonical name common's ``decays()`` rejects), ``global_clipnorm``, Keras' own ``gradient_accumulation_steps``,
-  and ``_WarmupCosine``: Keras' ``CosineDecay`` with common's four schedule numbers, read at the UPDATE index (Keras
-  hands a schedule its micro-step counter when accumulating);
+  canonical name common's ``decays()`` rejects), ``global_clipnorm``, and ``_WarmupCosine``: Keras' ``CosineDecay``
+  with common's four schedule numbers;
+- one Keras step per optimizer UPDATE (``_UpdateStep``, the model's ``train_step`` for the run): a batch holds the
+  update's ``grad_accum`` micro-batches side by side ([B, A, T]); a ``tf.while_loop`` sums their gradients, they are
+  averaged over the replicas (one all-reduce), and ``apply_gradients`` runs once. So ``--grad-accum`` works under
+  a MirroredStrategy (Keras' own ``gradient_accumulation_steps`` applies inside a ``cond``, where tf.distribute
+  cannot all-reduce), and the gradient-norm clip sees the whole batch's gradient: Keras 3 clips each replica's
+  share before its all-reduce, which makes a 2-replica run drift from the one-device run (``_SummedAdamW``);
 - mixed precision by Keras policy (bf16: ``mixed_bfloat16``; fp16: ``mixed_float16``, which ``compile`` wraps in a
   ``LossScaleOptimizer``, on a GPU only);
-- the data: a ``tf.data.Dataset`` of common's micro-batches from the resume step on; ``fit`` runs one Keras
-  "epoch" per optimizer update (``steps_per_epoch=grad_accum``, ``initial_epoch=start step``), so an epoch's
-  ``loss`` is exactly that update's mean loss and Keras' own resume argument is the step;
+- the data: a ``tf.data.Dataset`` of common's updates from the resume step on; ``fit`` runs one Keras "epoch" of
+  one step per update (``initial_epoch=start step``), so an epoch's ``loss`` is exactly that update's mean loss and
+  Keras' own resume argument is the step;
 - a callback logs, evaluates (``model.evaluate`` on the held-out batches) and checkpoints through the ``Run``;
 - a checkpoint is ``save_pretrained`` (model.safetensors: every framework and transformers load it), the optimizer's
   variables (``save_own_variables``) in ``optimizer.npz``, and the dropout layers' Keras ``SeedGenerator`` states in
   trainer_state.json: ``--resume`` restores all three and gives the losses of an uninterrupted run, bit for bit;
 - ``tf.distribute.MirroredStrategy`` over every visible GPU when there are several (or the ``strategy=`` given):
-  Keras splits each global micro-batch over the replicas and sums their gradients (the model's loss is divided by
-  the replica count), so the replicas see common's global batch of each step.
+  each replica takes its share of every micro-batch of common's global batch.
 
-Refused, by name: ``--precision fp16`` without a GPU, ``--grad-accum`` > 1 under a MirroredStrategy (Keras applies
-accumulated gradients inside a ``cond``, and a cross-replica ``merge_call`` inside a ``cond`` is not supported by
-tf.distribute).
+Refused, by name: ``--precision fp16`` without a GPU.
 
 >>> from gpt2.tf.train import train
 >>> summary = train(data="corpus.txt", config="config.json", out="run1", steps=200, batch_size=8, lr=1e-3)
@@ -74,12 +76,7 @@ def train_from_args(args: TrainArgs, *, strategy: tf.distribute.Strategy | None 
     if args.framework != "tf":
         raise ValueError(f"gpt2.tf.train runs --framework tf, got {args.framework!r}")
     strategy = _strategy(strategy)
-    distributed = isinstance(strategy, tf.distribute.MirroredStrategy)
     args.validate()
-    if distributed and args.grad_accum > 1:
-        raise ValueError(f"--grad-accum {args.grad_accum} under a tf.distribute.MirroredStrategy: Keras applies "
-                         f"accumulated gradients inside a cond, and tf.distribute cannot all-reduce (merge_call) "
-                         f"inside one; raise --batch-size instead, or train on one device")
     policy = _policy(args.precision)
     run = Run(args, devices=strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(args.seed)  # the initialisation and the dropout layers' first seeds
@@ -87,6 +84,7 @@ def train_from_args(args: TrainArgs, *, strategy: tf.distribute.Strategy | None 
         model = _model(run, policy)
         optimizer = _optimizer(run, model)
         model.compile(optimizer=optimizer)  # no loss: the model's own (mixed_float16 wraps a LossScaleOptimizer)
+        model.train_step = _UpdateStep(model, args.grad_accum)
         model.optimizer.build(model.trainable_variables)
         if run.resume_from is not None:
             _restore(run, model)
@@ -95,7 +93,7 @@ def train_from_args(args: TrainArgs, *, strategy: tf.distribute.Strategy | None 
     try:
         if run.start_step < run.steps:
             model.fit(_dataset(run), epochs=run.steps, initial_epoch=run.start_step,
-                      steps_per_epoch=args.grad_accum, callbacks=[callback], verbose=0, shuffle=False)
+                      steps_per_epoch=1, callbacks=[callback], verbose=0, shuffle=False)
     except BaseException:  # the last good checkpoint stays as it was; close the bar before the error shows
         run.metrics.close()
         raise
@@ -141,54 +139,95 @@ def _model(run: Run, policy: keras.DTypePolicy) -> TFGPT2LMHeadModel:
 
 def _optimizer(run: Run, model: TFGPT2LMHeadModel) -> keras.optimizers.AdamW:
     args = run.args
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=_WarmupCosine(run.schedule.peak, run.schedule.warmup, run.schedule.total, run.schedule.final,
-                                    accumulation=args.grad_accum),
+    optimizer = _SummedAdamW(
+        learning_rate=_WarmupCosine(run.schedule.peak, run.schedule.warmup, run.schedule.total, run.schedule.final),
         weight_decay=args.weight_decay, beta_1=args.beta1, beta_2=args.beta2, epsilon=args.eps,
-        global_clipnorm=args.clip or None,
-        gradient_accumulation_steps=args.grad_accum if args.grad_accum > 1 else None)
+        global_clipnorm=args.clip or None, name="adamw")
     decayed = {id(var) for cname, (_, var, _) in weights.variables(model).items() if decays(cname)}
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if id(v) not in decayed])
     return optimizer
 
 
+class _SummedAdamW(keras.optimizers.AdamW):
+    """Keras' AdamW for gradients that ``_UpdateStep`` has already averaged over the replicas. Keras' TF optimizer
+    all-reduces in ``_backend_update_step``, after ``apply`` has clipped each replica's own share: with the
+    all-reduce done first, the global-norm clip sees the whole batch's gradient, as on one device."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+class _UpdateStep:
+    """The run's ``train_step``: one optimizer update from a batch {"input_ids": [b, A, T]} (this replica's b rows
+    of the update's A micro-batches). A ``tf.while_loop`` takes the micro-batches in order, each the model's own
+    loss on ``labels=input_ids`` (the mean over its tokens; the dropout layers draw their masks micro-batch by
+    micro-batch, as A separate steps would); their gradients are summed in fp32, averaged over the A micro-batches
+    and the replicas, and applied once. The loss tracker gets the update's mean loss."""
+
+    def __init__(self, model: TFGPT2LMHeadModel, accumulation: int) -> None:
+        self.model, self.accumulation = model, int(accumulation)
+
+    def __call__(self, data):
+        model, A = self.model, self.accumulation
+        ids = data["input_ids"]  # [b, A, T]
+        variables = model.trainable_variables
+
+        def gradients(a):
+            x = ids[:, a]  # [b, T]
+            with tf.GradientTape() as tape:
+                loss = tf.cast(model(input_ids=x, labels=x, training=True).loss, tf.float32)
+                scaled = model.optimizer.scale_loss(loss)  # mixed_float16: times the loss scale; else the loss
+            return [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in tape.gradient(scaled, variables)], loss
+
+        def micro(a, sums, total):
+            grads, loss = gradients(a)
+            return a + 1, [s + g for s, g in zip(sums, grads)], total + loss
+
+        sums, total = gradients(0)
+        if A > 1:
+            _, sums, total = tf.while_loop(lambda a, *_: a < A, micro, (tf.constant(1), sums, total),
+                                           parallel_iterations=1)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        grads = [s * (1.0 / (A * replicas)) if A * replicas > 1 else s for s in sums]
+        if replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        model.optimizer.apply_gradients(zip([tf.cast(g, v.dtype) for g, v in zip(grads, variables)], variables))
+        model._loss_tracker.update_state(total / A, sample_weight=tf.shape(ids)[0])
+        return {"loss": model._loss_tracker.result()}
+
+
 @keras.saving.register_keras_serializable(package="gpt2")
 class _WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Common's schedule (linear warmup from 0, cosine to ``final``) as Keras' ``CosineDecay`` with its warmup,
-    indexed by the optimizer UPDATE: with ``gradient_accumulation_steps`` Keras passes the micro-step counter
-    (``optimizer._iterations``), which is divided by ``accumulation`` here."""
+    indexed by the optimizer update (``optimizer.iterations``: one per update)."""
 
-    def __init__(self, peak: float, warmup: int, total: int, final: float, accumulation: int = 1) -> None:
+    def __init__(self, peak: float, warmup: int, total: int, final: float) -> None:
         self.peak, self.warmup, self.total, self.final = float(peak), int(warmup), int(total), float(final)
-        self.accumulation = int(accumulation)
         self.cosine = keras.optimizers.schedules.CosineDecay(
             0.0, max(1, self.total - self.warmup), alpha=self.final / self.peak, warmup_target=self.peak,
             warmup_steps=self.warmup)
 
     def __call__(self, step):
-        update = tf.math.floordiv(tf.cast(step, tf.int64), self.accumulation)
+        update = tf.cast(step, tf.int64)
         # past the last update: the final rate (CosineDecay would restart at the peak when warmup == total)
         return tf.where(update >= self.total, tf.constant(self.final, tf.float32), self.cosine(update))
 
     def get_config(self) -> dict:
-        return {"peak": self.peak, "warmup": self.warmup, "total": self.total, "final": self.final,
-                "accumulation": self.accumulation}
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total, "final": self.final}
 
 
 def _dataset(run: Run) -> tf.data.Dataset:
-    """Common's global micro-batches of the updates [start step, steps), one after another, as dicts with labels.
-    Rows are yielded one by one and batched by tf.data, so that a strategy splits each micro-batch over replicas."""
-    batches, T = run.batches, run.block_size
+    """Common's global batches of the updates [start step, steps), one element per update: {"input_ids": [B, A,
+    T]}, row i holding row i of each of the update's A micro-batches. Rows are yielded one by one and batched by
+    tf.data, so that a strategy gives each replica its share of every micro-batch."""
+    batches, T, A = run.batches, run.block_size, run.args.grad_accum
 
     def rows():
         for step in range(run.start_step, run.steps):
-            for micro in batches.global_batch(step):  # batch_size rows of T int32 ids
-                yield from micro
+            yield from np.swapaxes(batches.global_batch(step), 0, 1)  # [B, A, T] int32 ids
 
-    spec = tf.TensorSpec((T,), tf.int32)
-    ds = tf.data.Dataset.from_generator(rows, output_signature=spec)
-    ds = ds.batch(run.args.batch_size, drop_remainder=True).map(lambda x: {"input_ids": x, "labels": x})
-    return ds.prefetch(2)
+    ds = tf.data.Dataset.from_generator(rows, output_signature=tf.TensorSpec((A, T), tf.int32))
+    return ds.batch(run.args.batch_size, drop_remainder=True).map(lambda x: {"input_ids": x}).prefetch(2)
 
 
 def _eval_dataset(run: Run) -> tf.data.Dataset:

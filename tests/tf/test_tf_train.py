@@ -138,15 +138,54 @@ def test_the_keras_schedule_is_commons_at_every_update():
     from gpt2.common.training import Schedule
     from gpt2.tf.train import _WarmupCosine
 
-    for warmup, total, accumulation in ((3, 20, 1), (0, 7, 3), (5, 5, 2)):
+    for warmup, total in ((3, 20), (0, 7), (5, 5)):
         common = Schedule(peak=1e-3, warmup=warmup, total=total, final=1e-4)
-        keras_schedule = _WarmupCosine(1e-3, warmup, total, 1e-4, accumulation=accumulation)
-        for micro in range((total + 3) * accumulation):
-            np.testing.assert_allclose(float(keras_schedule(micro)), common(micro // accumulation), rtol=2e-6,
-                                       atol=1e-12, err_msg=f"micro-step {micro}")
+        keras_schedule = _WarmupCosine(1e-3, warmup, total, 1e-4)
+        for update in range(total + 3):
+            np.testing.assert_allclose(float(keras_schedule(update)), common(update), rtol=2e-6, atol=1e-12,
+                                       err_msg=f"update {update}")
         clone = _WarmupCosine.from_config(keras_schedule.get_config())
         again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(keras_schedule))
         assert float(clone(5)) == float(again(5)) == float(keras_schedule(5))
+
+
+def test_one_keras_step_per_update_equals_the_micro_batches_own_mean_gradient(setup):
+    """_UpdateStep on a [B, A, T] batch: one apply_gradients with the mean of the A micro-batches' gradients of the
+    model's loss (dropout off), one optimizer iteration, and the update's mean loss in the tracker."""
+    from gpt2.common.config import GPT2Config
+    from gpt2.tf import TFGPT2LMHeadModel
+    from gpt2.tf.train import _UpdateStep
+
+    config = GPT2Config(**{**CONFIG, "vocab_size": 64}, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    ids = np.random.default_rng(0).integers(0, 64, size=(3, 4, 8)).astype(np.int32)  # [B, A, T]
+    model = TFGPT2LMHeadModel(config)
+    model.build()
+    start = [v.numpy() for v in model.trainable_variables]
+    # the expected gradient: each micro-batch on its own, then the mean
+    expected, losses = None, []
+    for a in range(4):
+        with tf.GradientTape() as tape:
+            loss = model(input_ids=ids[:, a], labels=ids[:, a], training=True).loss
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+        expected = grads if expected is None else [e + g for e, g in zip(expected, grads)]
+        losses.append(float(loss))
+    expected = [e / 4 for e in expected]
+    seen = {}
+
+    class Recording(keras.optimizers.SGD):
+        def apply_gradients(self, grads_and_vars):
+            grads_and_vars = list(grads_and_vars)
+            seen["grads"] = [g for g, _ in grads_and_vars]
+            return super().apply_gradients(grads_and_vars)
+
+    model.compile(optimizer=Recording(learning_rate=0.5), run_eagerly=True)  # the recorded gradients as values
+    model.train_step = _UpdateStep(model, 4)
+    history = model.fit(tf.data.Dataset.from_tensors({"input_ids": ids}), epochs=1, verbose=0, shuffle=False)
+    assert int(model.optimizer.iterations) == 1
+    for got, want, var, before in zip(seen["grads"], expected, model.trainable_variables, start):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6, err_msg=var.path)
+        np.testing.assert_allclose(var.numpy(), before - 0.5 * want, rtol=1e-4, atol=1e-6, err_msg=var.path)
+    assert abs(history.history["loss"][0] - np.mean(losses)) < 1e-5
 
 
 def test_weight_decay_only_where_common_decays_says():
@@ -158,7 +197,7 @@ def test_weight_decay_only_where_common_decays_says():
     for tied in (True, False):
         model = TFGPT2LMHeadModel(GPT2Config(**{**CONFIG, "vocab_size": 60}, tie_word_embeddings=tied))
         model.build()
-        run = SimpleNamespace(args=SimpleNamespace(grad_accum=1, weight_decay=0.1, beta1=0.9, beta2=0.95,
+        run = SimpleNamespace(args=SimpleNamespace(weight_decay=0.1, beta1=0.9, beta2=0.95,
                                                    eps=1e-8, clip=1.0),
                               schedule=Schedule(peak=1e-3, warmup=1, total=10, final=1e-4))
         optimizer = _optimizer(run, model)
