@@ -5,7 +5,7 @@ metrics, the loss plot, refusals) lives in ``gpt2/common/training.py`` and ``gpt
 the PyTorch half: the model (GPT-2's own init for a new one, ``from_pretrained`` to fine-tune or resume), trained
 in row-major parameter order, fused ``torch.optim.AdamW`` with two parameter groups, ``LambdaLR`` over the common
 schedule, gradient accumulation (micro-batch losses / grad_accum summed by backward), ``clip_grad_norm_``, mixed
-precision (bf16 autocast on CPU and GPU; fp16 autocast + ``torch.amp.GradScaler`` on CUDA only), and data
+precision (bf16 autocast on CPU and GPU; fp16 autocast + ``torch.amp.GradScaler`` on CUDA, ``FP16_DEVICES``), and data
 parallelism through ``torchrun``: DistributedDataParallel (default) or FSDP2 (``fully_shard``), every rank reading
 its own rows of the global batch.
 
@@ -37,6 +37,10 @@ from ..common import training
 from .heads import GPT2LMHeadModel
 
 OPTIMIZER_NAME = "optimizer.pt"  # AdamW's state (by parameter name), the GradScaler's, in every checkpoint folder
+# The device types --precision fp16 is offered on. torch runs fp16 autocast and GradScaler on a CPU too, but a CPU
+# without fp16 units emulates the products slowly (bf16 is the CPU's mixed precision); the tests add "cpu" here to
+# run the loss scaling where CI can.
+FP16_DEVICES = frozenset({"cuda"})
 
 
 # -- public ------------------------------------------------------------------------------------------------------------
@@ -89,14 +93,14 @@ def _device() -> torch.device:
 
 
 def _autocast(precision: str, device: torch.device):
-    """The autocast context of a forward pass (a null context for fp32). fp16 needs CUDA (loss scaling)."""
+    """The autocast context of a forward pass (a null context for fp32). fp16: on FP16_DEVICES (a CUDA GPU)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16":
-        if device.type != "cuda":
+        if device.type not in FP16_DEVICES:
             raise ValueError("--precision fp16 needs a CUDA GPU (fp16 autocast with GradScaler loss scaling); on CPU "
                              "use --precision bf16 or fp32")
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(device.type, dtype=torch.float16)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use fp16 or fp32")
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -256,7 +260,7 @@ def _train(args: training.TrainArgs, mode: str) -> dict:
     run = training.Run(args, rank=rank, world=world, barrier=dist.barrier if world > 1 else None)
     model = _wrap(_build_model(run, device), mode, device, world)
     optimizer = _optimizer(model, args, device)
-    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     for group in optimizer.param_groups:  # LambdaLR's base rate; last_epoch puts it at update start_step
         group["initial_lr"] = args.lr
     if run.resume_from is not None:

@@ -161,3 +161,43 @@ def test_bad_inputs_are_refused_by_name(data):
         train(**options(data, "bad", block_size=64))
     with pytest.raises(FileNotFoundError, match="no training data"):
         train(**options(data, "bad", data=str(data / "missing.txt")))
+
+
+def test_fp16_loss_scaling_trains_resumes_exactly_and_skips_overflowing_updates(data, monkeypatch):
+    """--precision fp16's mechanics, run on the CPU (torch has fp16 autocast and GradScaler there; FP16_DEVICES
+    offers fp16 on CUDA only, because a CPU emulates fp16 products slowly): the losses follow the fp32 run's, the
+    GradScaler state is in every checkpoint and --resume restores it (the resumed run equals the uninterrupted one),
+    and an update whose scaled gradients overflow is skipped (a checkpoint's loss scale set to 2**40)."""
+    import gpt2.torch.train as trainer
+
+    monkeypatch.setattr(trainer, "FP16_DEVICES", frozenset({"cuda", "cpu"}))
+    common = dict(steps=6, save_every=3, eval_every=3)
+    train(**options(data, "fp16", precision="fp16", **common))
+    train(**options(data, "fp16_fp32", **common))
+    half, full = losses(data / "fp16"), losses(data / "fp16_fp32")
+    assert sorted(half) == list(range(1, 7))
+    for step in half:
+        assert half[step] == pytest.approx(full[step], abs=0.02), (half, full)
+    assert half[6] < half[1] - 0.1
+    state = torch.load(data / "fp16" / "checkpoint-3" / trainer.OPTIMIZER_NAME, weights_only=True)
+    assert state["scaler"]["scale"] == 65536.0  # GradScaler's initial scale: no overflow in 3 updates
+    out = data / "fp16_resumed"
+    out.mkdir()
+    shutil.copytree(data / "fp16" / "checkpoint-3", out / "checkpoint-3")
+    kept = [r for r in read_metrics(data / "fp16" / "metrics.jsonl") if r["step"] <= 3]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    train(**options(data, "fp16_resumed", precision="fp16", resume=True, **common))
+    assert losses(out) == half
+    # the loss scale is read from the checkpoint: 2**40 overflows fp16, so update 4 is skipped (weights unchanged)
+    skip = data / "fp16_skip"
+    skip.mkdir()
+    shutil.copytree(data / "fp16" / "checkpoint-3", skip / "checkpoint-3")
+    state["scaler"]["scale"] = 2.0 ** 40
+    torch.save(state, skip / "checkpoint-3" / trainer.OPTIMIZER_NAME)
+    (skip / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    train(**options(data, "fp16_skip", precision="fp16", resume=True, **{**common, "steps": 4}))
+    before = GPT2LMHeadModel.from_pretrained(data / "fp16" / "checkpoint-3").state_dict()
+    after = GPT2LMHeadModel.from_pretrained(skip).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    after_true_scale = GPT2LMHeadModel.from_pretrained(data / "fp16_resumed").state_dict()
+    assert not all(torch.equal(before[k], after_true_scale[k]) for k in before)
