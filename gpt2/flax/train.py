@@ -19,15 +19,17 @@ gpt2/common/training.py's ``Run``; this file is what only JAX does:
   a pure function of the update's number, so a resumed run draws the very masks of an uninterrupted one. The
   checkpoint records the rule and the seed (trainer_state.json's ``rng``); nothing else needs saving.
 - **Precision**: ``fp32``; ``bf16`` is mixed precision, the Flax way: weights and optimizer state in float32
-  (``param_dtype``), the computation in bfloat16 (``dtype``), the loss in float32. ``fp16`` is refused: a CPU has
-  no fp16 arithmetic, and on a GPU it needs loss scaling, which this trainer does not implement (use bf16).
+  (``param_dtype``), the computation in bfloat16 (``dtype``), the loss in float32. ``fp16`` computes in float16
+  with dynamic loss scaling (``LossScale``, torch's GradScaler rule: the loss times the scale, the gradients
+  divided by it; an update whose gradients are not finite is skipped and halves the scale; 2000 finite updates in a
+  row double it), on a GPU (``FP16_BACKENDS``: a CPU emulates fp16 products slowly; bf16 is its mixed precision).
 - **Devices**: a ``Mesh`` (gpt2/flax/sharding.py) with a "data" axis over every local device by default: the weights
   placed by their partitioning annotations (replicated on a data-only mesh; split over "model" when the mesh has
   one), each micro-batch split over "data", the same jitted step (XLA inserts the gradient all-reduce). One and N
   devices see the same rows per update, so the losses agree up to the order of floating-point sums.
 - **Checkpoints**: ``save_pretrained`` (flax_model.msgpack + config.json: loads in every framework) plus
   ``optimizer.msgpack`` (``flax.serialization`` of the optax state, which holds the update count the schedule
-  reads) inside the run folder's atomic ``checkpoint-<step>/``. ``resume=True`` loads the newest: the weights from
+  reads; with fp16, the loss scale too) inside the run folder's atomic ``checkpoint-<step>/``. ``resume=True`` loads the newest: the weights from
   its save_pretrained files (float32, exact), the optimizer state, and the step; the data of every update is a
   function of its number (common/data.py).
 
@@ -57,7 +59,10 @@ from .weights import variables
 
 OPTIMIZER_FILE = "optimizer.msgpack"
 DROPOUT_RULE = "fold_in(fold_in(jax.random.key(seed), update), micro_batch)"
-_COMPUTE = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+_COMPUTE = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+# The JAX backends --precision fp16 is offered on. XLA runs float16 on a CPU too, but emulates its products slowly
+# (bf16 is the CPU's mixed precision); the tests add "cpu" here to run the loss scaling where CI can.
+FP16_BACKENDS = frozenset({"gpu"})
 
 
 def train(*, mesh: Mesh | None = None, **options) -> dict:
@@ -99,11 +104,13 @@ def train_from_args(args: TrainArgs, *, mesh: Mesh | None = None) -> dict:
     params = model.params
     tx = _optimizer(run, _decay_mask(model))
     opt_state = jax.jit(tx.init)(params)  # laid out as params (sharded where they are)
+    if args.precision == "fp16":
+        opt_state = (opt_state, LossScale.initial())
     if run.resume_from is not None:
         opt_state = _load_optimizer(run.resume_from / OPTIMIZER_FILE, opt_state)
         run.metrics.write(f"resuming from {run.resume_from} (update {run.start_step})")
 
-    step_fn = _train_step(model, tx, seed=args.seed)
+    step_fn = _train_step(model, tx, seed=args.seed, loss_scaling=args.precision == "fp16")
     eval_fn = _eval_step(model)
     place = _batch_placer(mesh)
     rng = {"seed": args.seed, "dropout": DROPOUT_RULE}
@@ -144,12 +151,10 @@ def train_from_args(args: TrainArgs, *, mesh: Mesh | None = None) -> dict:
 
 # -- set-up ------------------------------------------------------------------------------------------------------------
 def _compute_dtype(precision: str):
-    if precision == "fp16":
-        if jax.default_backend() == "cpu":
-            raise ValueError("--precision fp16: a CPU has no float16 arithmetic (XLA emulates it slowly, and without "
-                             "loss scaling small gradients underflow); use --precision bf16 (mixed precision) or fp32")
-        raise ValueError("--precision fp16: needs loss scaling, which the Flax trainer does not implement; use "
-                         "--precision bf16 (float32 weights, bfloat16 compute: no loss scaling needed)")
+    if precision == "fp16" and jax.default_backend() not in FP16_BACKENDS:
+        raise ValueError(f"--precision fp16 needs a GPU (float16 compute with loss scaling); JAX's backend here is "
+                         f"{jax.default_backend()!r}, which emulates float16 slowly: use --precision bf16 (mixed "
+                         f"precision) or fp32")
     return _COMPUTE[precision]
 
 
@@ -225,13 +230,40 @@ def _load_optimizer(path: Path, template):
 
 
 # -- the compiled functions --------------------------------------------------------------------------------------------
-def _train_step(model, tx: optax.GradientTransformation, *, seed: int):
+class LossScale:
+    """Dynamic loss scaling for fp16, as a pytree {"scale": float32, "good": int32} carried beside the optax state
+    (and saved with it). torch's GradScaler numbers: start at 2**16; a non-finite gradient skips the update and
+    halves the scale (never below 1); ``GROWTH_INTERVAL`` finite updates in a row double it."""
+
+    INITIAL, GROWTH_INTERVAL = 2.0 ** 16, 2000
+
+    @staticmethod
+    def initial() -> dict:
+        return {"scale": jnp.asarray(LossScale.INITIAL, jnp.float32), "good": jnp.zeros((), jnp.int32)}
+
+    @staticmethod
+    def next(state: dict, finite) -> dict:
+        good = jnp.where(finite, state["good"] + 1, 0)
+        grow = good >= LossScale.GROWTH_INTERVAL
+        scale = jnp.where(finite, jnp.where(grow, state["scale"] * 2, state["scale"]),
+                          jnp.maximum(state["scale"] / 2, 1.0))
+        return {"scale": scale, "good": jnp.where(grow, 0, good)}
+
+
+def _train_step(model, tx: optax.GradientTransformation, *, seed: int, loss_scaling: bool = False):
     """The jitted update: (params, opt_state, micro (grad_accum, B, T) int32, update number) -> (params, opt_state,
-    the update's mean loss)."""
+    the update's mean loss). With ``loss_scaling`` (fp16) ``opt_state`` is (the optax state, ``LossScale``'s
+    state): each micro-batch's loss is multiplied by the scale before its gradient, the summed gradients divided by
+    it, and an update with a non-finite gradient leaves params and optax state as they were."""
     root = jax.random.key(seed)
 
     def step(params, opt_state, micro, number):
         key = jax.random.fold_in(root, number)
+        if loss_scaling:
+            opt_state, scaling = opt_state
+            scale = scaling["scale"]
+        else:
+            scale = None
 
         def one(total, xs):
             index, ids = xs
@@ -239,17 +271,24 @@ def _train_step(model, tx: optax.GradientTransformation, *, seed: int):
             def loss_fn(p):
                 logits = model(ids, params=p, dropout_rng=jax.random.fold_in(key, index), train=True,
                                use_cache=False).logits
-                return causal_lm_loss(logits, ids)
+                loss = causal_lm_loss(logits, ids)
+                return (loss if scale is None else loss * scale), loss
 
-            loss, grads = jax.value_and_grad(loss_fn)(params)
+            (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return jax.tree.map(jnp.add, total, (loss, grads)), None
 
         zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
         n = micro.shape[0]
         (loss, grads), _ = jax.lax.scan(one, zero, (jnp.arange(n), micro))
-        loss, grads = loss / n, jax.tree.map(lambda g: g / n, grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        divisor = n if scale is None else n * scale
+        loss, grads = loss / n, jax.tree.map(lambda g: g / divisor, grads)
+        updates, new_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if scale is None:
+            return new_params, new_state, loss
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        return keep(new_params, params), (keep(new_state, opt_state), LossScale.next(scaling, finite)), loss
 
     return jax.jit(step, donate_argnums=(0, 1))
 

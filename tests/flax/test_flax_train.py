@@ -172,3 +172,46 @@ def test_bf16_is_mixed_precision(reference, config_file, tmp_path):
     assert np.isfinite(summary["eval_loss"])
     assert {a.dtype for a in _weights(out).values()} == {np.dtype("float32")}
     assert read_state(out)["args"]["precision"] == "bf16"
+
+
+def test_fp16_loss_scaling_trains_resumes_exactly_and_skips_overflowing_updates(reference, config_file, tmp_path,
+                                                                               monkeypatch):
+    """--precision fp16's mechanics, run on the CPU (XLA runs float16 there; FP16_BACKENDS offers fp16 on a GPU only,
+    because a CPU emulates it slowly): float16 computation with the dynamic loss scale, whose losses follow the
+    float32 run's; the scale is saved with the optimizer state and --resume restores it (the resumed run equals the
+    uninterrupted one); an update whose scaled gradients overflow is skipped (a checkpoint's scale set to 2**40)."""
+    import shutil
+
+    import jax
+    from flax import serialization
+
+    import gpt2.flax.train as trainer
+
+    monkeypatch.setattr(trainer, "FP16_BACKENDS", frozenset({"gpu", jax.default_backend()}))
+    options = {**OPTIONS, "precision": "fp16"}
+    out = tmp_path / "fp16"
+    full = trainer.train(config=config_file, out=str(out), **options)
+    assert full["losses"][1] != reference["losses"][1]  # float16 products (the same weights, data and dropout)
+    for step in range(1, STEPS + 1):  # the tiny model's logits are small: float16 rounding moves the loss ~1e-4
+        assert full["losses"][step] == pytest.approx(reference["losses"][step], abs=2e-3), (full, reference)
+    assert full["losses"][STEPS] < full["losses"][1] - 1.0
+    assert {a.dtype for a in _weights(out).values()} == {np.dtype("float32")}
+    path = out / "checkpoint-4" / trainer.OPTIMIZER_FILE
+    state = serialization.msgpack_restore(path.read_bytes())
+    assert float(state["1"]["scale"]) == 2.0 ** 16 and int(state["1"]["good"]) == 4  # 4 finite updates
+
+    def resume(name, steps, scale=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copytree(out / "checkpoint-4", folder / "checkpoint-4")
+        if scale is not None:
+            state["1"]["scale"] = np.asarray(scale, np.float32)
+            (folder / "checkpoint-4" / trainer.OPTIMIZER_FILE).write_bytes(serialization.msgpack_serialize(state))
+        return folder, trainer.train(config=config_file, out=str(folder), resume=True, **{**options, "steps": steps})
+
+    _, resumed = resume("resumed", STEPS)
+    assert resumed["losses"] == {s: full["losses"][s] for s in range(5, STEPS + 1)}
+    skipped, _ = resume("skipped", 5, scale=2.0 ** 40)
+    before, after = _weights(out / "checkpoint-4"), _weights(skipped)
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # update 5 overflowed: nothing moved
+    assert not all(np.array_equal(before[k], v) for k, v in _weights(out / "checkpoint-8").items())

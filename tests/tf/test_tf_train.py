@@ -234,3 +234,55 @@ def test_a_damaged_optimizer_state_is_refused_by_name(setup, uninterrupted):
     with pytest.raises(ValueError, match=r"optimizer\.npz holds 1 optimizer variables"):
         train(**_options(setup, out, steps=12, grad_accum=2, save_every=6, resume=True))
     assert (out / "checkpoint-6" / "model.safetensors").is_file()  # nothing lost
+
+
+def test_fp16_loss_scaling_trains_resumes_exactly_and_skips_overflowing_updates(setup, uninterrupted, monkeypatch):
+    """--precision fp16's mechanics, run on the CPU (TensorFlow runs mixed_float16 there; FP16_DEVICES offers fp16
+    on a GPU only, because a CPU emulates fp16 products slowly): the loss falls as in the fp32 run, the
+    LossScaleOptimizer's scale is in every checkpoint and --resume restores it (the resumed run equals the
+    uninterrupted one), and an update whose scaled gradients overflow is skipped (a checkpoint's scale set to
+    2**40)."""
+    import gpt2.tf.train as trainer
+
+    monkeypatch.setattr(trainer, "FP16_DEVICES", frozenset({"GPU", "CPU"}))
+    common = dict(grad_accum=2, save_every=6, eval_every=6, precision="fp16")
+    trainer.train(**_options(setup, setup / "fp16", steps=12, **common))
+    fp16, fp32 = _losses(setup / "fp16"), _losses(uninterrupted[0])
+    assert sorted(fp16) == list(range(1, 13))
+    for step in range(1, 7):  # fp16 products at lr 1e-2: the runs drift apart slowly (0.05 nats by update 12)
+        assert fp16[step] == pytest.approx(fp32[step], abs=0.03), (fp16, fp32)
+    assert np.mean([fp16[s] for s in (10, 11, 12)]) < fp16[1] - 1.0
+    with np.load(setup / "fp16" / "checkpoint-6" / trainer.OPTIMIZER_FILE) as npz:
+        state = {k: npz[k] for k in npz.files}
+    scale = next(i for i, v in enumerate(trainer_variables(trainer, setup)) if v.endswith("/dynamic_scale"))
+    assert float(state[str(scale)]) == 32768.0  # Keras' initial scale: no overflow in 6 updates
+
+    def resume(name, steps, edit=None):
+        out = setup / name
+        out.mkdir()
+        shutil.copytree(setup / "fp16" / "checkpoint-6", out / "checkpoint-6")
+        shutil.copy(setup / "fp16" / "metrics.jsonl", out / "metrics.jsonl")
+        if edit is not None:
+            np.savez(out / "checkpoint-6" / trainer.OPTIMIZER_FILE, **edit(dict(state)))
+        trainer.train(**_options(setup, out, steps=steps, resume=True, **common))
+        return out
+
+    resumed = resume("fp16-resumed", 12)
+    assert [_losses(resumed)[s] for s in range(7, 13)] == [fp16[s] for s in range(7, 13)]
+    skipped = resume("fp16-skipped", 7, lambda s: {**s, str(scale): np.asarray(2.0 ** 40, np.float32)})
+    before = _safetensors(setup / "fp16" / "checkpoint-6" / "model.safetensors")
+    for folder, moved in ((skipped, False), (resumed, True)):
+        after = _safetensors(folder / "model.safetensors")
+        assert (not all(np.array_equal(before[k], after[k]) for k in before)) is moved, folder
+
+
+def trainer_variables(trainer, setup) -> list[str]:
+    """The paths of the fp16 trainer's optimizer variables, in save_own_variables' order."""
+    from gpt2.common.training import Run, TrainArgs
+
+    run = Run(TrainArgs(framework="tf", **_options(setup, setup / "paths", steps=4, precision="fp16")))
+    model = trainer._model(run, trainer._policy("fp16"))
+    optimizer = trainer._optimizer(run, model)
+    model.compile(optimizer=optimizer)
+    model.optimizer.build(model.trainable_variables)
+    return [v.path for v in model.optimizer.variables]
