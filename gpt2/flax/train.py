@@ -20,7 +20,7 @@ gpt2/common/training.py's ``Run``; this file is what only JAX does:
   checkpoint records the rule and the seed (trainer_state.json's ``rng``); nothing else needs saving.
 - **Precision**: ``fp32``; ``bf16`` is mixed precision, the Flax way: weights and optimizer state in float32
   (``param_dtype``), the computation in bfloat16 (``dtype``), the loss in float32. ``fp16`` computes in float16
-  with dynamic loss scaling (``LossScale``, torch's GradScaler rule: the loss times the scale, the gradients
+  with dynamic loss scaling (``_LossScale``, torch's GradScaler rule: the loss times the scale, the gradients
   divided by it; an update whose gradients are not finite is skipped and halves the scale; 2000 finite updates in a
   row double it), on a GPU (``FP16_BACKENDS``: a CPU emulates fp16 products slowly; bf16 is its mixed precision).
 - **Devices**: a ``Mesh`` (gpt2/flax/sharding.py) with a "data" axis over every local device by default: the weights
@@ -105,7 +105,7 @@ def train_from_args(args: TrainArgs, *, mesh: Mesh | None = None) -> dict:
     tx = _optimizer(run, _decay_mask(model))
     opt_state = jax.jit(tx.init)(params)  # laid out as params (sharded where they are)
     if args.precision == "fp16":
-        opt_state = (opt_state, LossScale.initial())
+        opt_state = (opt_state, _LossScale.initial())
     if run.resume_from is not None:
         opt_state = _load_optimizer(run.resume_from / OPTIMIZER_FILE, opt_state)
         run.metrics.write(f"resuming from {run.resume_from} (update {run.start_step})")
@@ -230,7 +230,7 @@ def _load_optimizer(path: Path, template):
 
 
 # -- the compiled functions --------------------------------------------------------------------------------------------
-class LossScale:
+class _LossScale:
     """Dynamic loss scaling for fp16, as a pytree {"scale": float32, "good": int32} carried beside the optax state
     (and saved with it). torch's GradScaler numbers: start at 2**16; a non-finite gradient skips the update and
     halves the scale (never below 1); ``GROWTH_INTERVAL`` finite updates in a row double it."""
@@ -239,12 +239,12 @@ class LossScale:
 
     @staticmethod
     def initial() -> dict:
-        return {"scale": jnp.asarray(LossScale.INITIAL, jnp.float32), "good": jnp.zeros((), jnp.int32)}
+        return {"scale": jnp.asarray(_LossScale.INITIAL, jnp.float32), "good": jnp.zeros((), jnp.int32)}
 
     @staticmethod
     def next(state: dict, finite) -> dict:
         good = jnp.where(finite, state["good"] + 1, 0)
-        grow = good >= LossScale.GROWTH_INTERVAL
+        grow = good >= _LossScale.GROWTH_INTERVAL
         scale = jnp.where(finite, jnp.where(grow, state["scale"] * 2, state["scale"]),
                           jnp.maximum(state["scale"] / 2, 1.0))
         return {"scale": scale, "good": jnp.where(grow, 0, good)}
@@ -252,7 +252,7 @@ class LossScale:
 
 def _train_step(model, tx: optax.GradientTransformation, *, seed: int, loss_scaling: bool = False):
     """The jitted update: (params, opt_state, micro (grad_accum, B, T) int32, update number) -> (params, opt_state,
-    the update's mean loss). With ``loss_scaling`` (fp16) ``opt_state`` is (the optax state, ``LossScale``'s
+    the update's mean loss). With ``loss_scaling`` (fp16) ``opt_state`` is (the optax state, ``_LossScale``'s
     state): each micro-batch's loss is multiplied by the scale before its gradient, the summed gradients divided by
     it, and an update with a non-finite gradient leaves params and optax state as they were."""
     root = jax.random.key(seed)
@@ -288,7 +288,7 @@ def _train_step(model, tx: optax.GradientTransformation, *, seed: int, loss_scal
             return new_params, new_state, loss
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        return keep(new_params, params), (keep(new_state, opt_state), LossScale.next(scaling, finite)), loss
+        return keep(new_params, params), (keep(new_state, opt_state), _LossScale.next(scaling, finite)), loss
 
     return jax.jit(step, donate_argnums=(0, 1))
 

@@ -215,3 +215,25 @@ def test_fp16_loss_scaling_trains_resumes_exactly_and_skips_overflowing_updates(
     before, after = _weights(out / "checkpoint-4"), _weights(skipped)
     assert all(np.array_equal(before[k], after[k]) for k in before)  # update 5 overflowed: nothing moved
     assert not all(np.array_equal(before[k], v) for k, v in _weights(out / "checkpoint-8").items())
+
+
+def test_the_loss_scale_rule():
+    """_LossScale.next: halves on a non-finite update (never below 1) and restarts the count; doubles after
+    GROWTH_INTERVAL finite updates in a row."""
+    import jax.numpy as jnp
+
+    from gpt2.flax.train import _LossScale
+
+    state = _LossScale.initial()
+    assert float(state["scale"]) == 65536.0
+    for _ in range(_LossScale.GROWTH_INTERVAL - 1):
+        state = {"scale": state["scale"], "good": state["good"] + 1}
+    assert int(state["good"]) == _LossScale.GROWTH_INTERVAL - 1
+    grown = _LossScale.next(state, jnp.asarray(True))
+    assert float(grown["scale"]) == 2.0 ** 17 and int(grown["good"]) == 0
+    halved = _LossScale.next(state, jnp.asarray(False))
+    assert float(halved["scale"]) == 2.0 ** 15 and int(halved["good"]) == 0
+    floor = _LossScale.next({"scale": jnp.asarray(1.0), "good": jnp.asarray(3)}, jnp.asarray(False))
+    assert float(floor["scale"]) == 1.0
+    kept = _LossScale.next({"scale": jnp.asarray(8.0), "good": jnp.asarray(3)}, jnp.asarray(True))
+    assert float(kept["scale"]) == 8.0 and int(kept["good"]) == 4
