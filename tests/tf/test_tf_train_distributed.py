@@ -1,5 +1,6 @@
 """gpt2/tf/train.py under tf.distribute.MirroredStrategy with 2 logical CPU devices (made before TensorFlow starts:
-a subprocess): the same updates give the one-device losses, with gradient clipping on and with --grad-accum 2 (each
+a subprocess): the same updates give the one-device losses, with gradient clipping on, with --grad-accum 2 and with
+fp16's loss scaling (each
 replica takes half of every micro-batch of common's global batch; the gradients are averaged over the replicas
 before the clip)."""
 
@@ -27,16 +28,21 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from gpt2.common.training import read_metrics
+import gpt2.tf.train as trainer
 from gpt2.tf.train import train
+
+trainer.FP16_DEVICES = frozenset({"GPU", "CPU"})  # fp16's loss scaling under the strategy, run on the CPU
 
 folder = sys.argv[1]
 options = dict(data=folder + "/genesis.txt", config=folder + "/tiny.json", batch_size=4, block_size=32, lr=3e-3,
                warmup=2, steps=8, clip=0.5, eval_every=4, save_every=0, eval_batches=2, log_every=1, progress=False)
 result = {}
-for n, accumulation in ((1, 1), (2, 1), (1, 2), (2, 2)):
+for n, accumulation, precision in ((1, 1, "fp32"), (2, 1, "fp32"), (1, 2, "fp32"), (2, 2, "fp32"), (1, 2, "fp16"),
+                                   (2, 2, "fp16")):
     strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(n)])
-    name = f"{n}x{accumulation}"
-    summary = train(strategy=strategy, out=f"{folder}/{name}", grad_accum=accumulation, **options)
+    name = f"{n}x{accumulation}" + ("-fp16" if precision == "fp16" else "")
+    summary = train(strategy=strategy, out=f"{folder}/{name}", grad_accum=accumulation, precision=precision,
+                    **options)
     result[name] = {"losses": [r["loss"] for r in read_metrics(f"{folder}/{name}/metrics.jsonl") if "loss" in r],
                     "eval_loss": summary["eval_loss"]}
 try:
@@ -60,14 +66,15 @@ def test_two_replicas_reach_the_one_device_losses(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
-    for accumulation in (1, 2):
-        one, two = result[f"1x{accumulation}"], result[f"2x{accumulation}"]
+    for setting in ("1", "2", "2-fp16"):
+        one, two = result[f"1x{setting}"], result[f"2x{setting}"]
         assert len(one["losses"]) == len(two["losses"]) == 8
         # The same weights and batches, summation order aside, at every update. (Keras 3 alone clips each replica's
         # half of the gradient before its all-reduce: that drifted 4e-3 nats from the one-device run in 8 updates.)
         for a, b in zip(one["losses"], two["losses"]):
-            assert abs(a - b) < 2e-5, (accumulation, one["losses"], two["losses"])
+            assert abs(a - b) < 2e-5, (setting, one["losses"], two["losses"])
         assert abs(one["eval_loss"] - two["eval_loss"]) < 2e-5
         assert one["losses"][-1] < one["losses"][0] - 0.2
     assert result["1x1"]["losses"] != result["1x2"]["losses"]  # other batches: the accumulation was not ignored
+    assert result["1x2"]["losses"] != result["1x2-fp16"]["losses"]  # float16 products
     assert "--batch-size 3 does not divide over 2 devices" in result["odd"]
