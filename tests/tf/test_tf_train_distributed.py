@@ -1,8 +1,7 @@
 """gpt2/tf/train.py under tf.distribute.MirroredStrategy with 2 logical CPU devices (made before TensorFlow starts:
 a subprocess): the same updates give the one-device losses, with gradient clipping on, with --grad-accum 2 and with
-fp16's loss scaling (each
-replica takes half of every micro-batch of common's global batch; the gradients are averaged over the replicas
-before the clip)."""
+fp16's loss scaling (each replica takes half of every micro-batch of common's global batch; the gradients are
+averaged over the replicas before the clip)."""
 
 from __future__ import annotations
 
