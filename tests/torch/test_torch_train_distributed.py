@@ -1,6 +1,7 @@
 """gpt2.torch.train under torchrun with 2 CPU processes (gloo): DistributedDataParallel and FSDP2 reach the
 single-process losses on the same global batches within 1e-5, FSDP2 resumes from its checkpoint with the same
-losses, and only rank 0 writes (one metrics line per update, models that load and agree with one process's)."""
+losses, and only rank 0 writes (one metrics line per update, models that load and agree with one process's); fp16
+loss scaling under both, and an overflow in one rank's gradient shard skipped by every rank."""
 
 from __future__ import annotations
 
@@ -114,3 +115,60 @@ def test_fsdp_resumes_from_its_checkpoint_with_the_same_losses(folder, single):
     for step in (3, 4):
         assert losses[step] == pytest.approx(full_losses[step], abs=1e-6)
     assert evals[4] == pytest.approx(full_evals[4], abs=1e-6)
+
+
+# fp16 (FP16_DEVICES widened to the CPU); with INF_AT set, rank 0 alone puts an inf into its own shard of a gradient
+# before the loss scaler checks them at that update: every rank must skip the update.
+FP16_LAUNCH = """
+import json, os, sys
+import torch, torch.distributed as dist
+import gpt2.torch.train as trainer
+
+trainer.FP16_DEVICES = frozenset({"cuda", "cpu"})
+inf_at, calls, unscale = int(os.environ.get("INF_AT", "0")), [0], torch.amp.GradScaler.unscale_
+
+
+def unscale_(self, optimizer):
+    calls[0] += 1
+    if calls[0] == inf_at and dist.get_rank() == 0:
+        grad = next(p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None)
+        (grad.to_local() if hasattr(grad, "to_local") else grad).view(-1)[0] = float("inf")
+    return unscale(self, optimizer)
+
+
+torch.amp.GradScaler.unscale_ = unscale_
+sys.stdout.write(json.dumps(trainer.train(**json.loads(sys.argv[1]))) + "\\n")
+sys.stdout.flush()
+"""
+
+
+def test_fp16_loss_scaling_under_ddp_and_fsdp2(folder):
+    """fp16 autocast with loss scaling (run on the CPU: FP16_DEVICES widened) under DDP and FSDP2 follows the
+    single-process fp16 run; under FSDP2 an inf in one rank's shard of the gradients at update 3 makes every rank
+    skip update 3 (torch's GradScaler reduces the finiteness of DTensor gradients over the mesh), so the weights
+    after it are checkpoint-2's, every shard."""
+    (folder / "launch16.py").write_text(FP16_LAUNCH)
+
+    def run16(out, processes, inf_at=0, **kw):
+        opts = options(folder, out, precision="fp16", **kw)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "INF_AT": str(inf_at)}
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        cmd = [sys.executable, str(folder / "launch16.py"), json.dumps(opts)]
+        if processes > 1:
+            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(folder))
+        assert sum(line.startswith("{") for line in done.stdout.splitlines()) == processes, (out, done.stderr[-5000:])
+        return records(folder / out)[0]
+
+    single = run16("fp16_single", 1)
+    for mode in ("ddp", "fsdp"):
+        losses = run16(f"fp16_{mode}", 2, distributed=mode)
+        for step, value in single.items():
+            assert losses[step] == pytest.approx(value, abs=1e-3), (mode, step)
+    run16("fp16_inf", 2, inf_at=3, distributed="fsdp", steps=3)
+    before = GPT2LMHeadModel.from_pretrained(folder / "fp16_inf" / "checkpoint-2").state_dict()
+    after = GPT2LMHeadModel.from_pretrained(folder / "fp16_inf").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = GPT2LMHeadModel.from_pretrained(folder / "fp16_fsdp").state_dict()  # without the inf: updates 3-4
+    assert not all(torch.equal(before[k], moved[k]) for k in before)
