@@ -286,3 +286,16 @@ def trainer_variables(trainer, setup) -> list[str]:
     model.compile(optimizer=optimizer)
     model.optimizer.build(model.trainable_variables)
     return [v.path for v in model.optimizer.variables]
+
+
+def test_bf16_is_mixed_precision(setup, uninterrupted):
+    """mixed_bfloat16: the first loss (before any update: the same weights, data and dropout seeds as the float32
+    run) is close to float32's but not equal; the saved weights are float32."""
+    from gpt2.tf.train import train
+
+    out = setup / "bf16"
+    summary = train(**_options(setup, out, steps=2, grad_accum=2, save_every=0, eval_every=0, precision="bf16"))
+    first, reference = _losses(out)[1], _losses(uninterrupted[0])[1]
+    assert first != reference and abs(first - reference) < 0.05
+    assert np.isfinite(summary["eval_loss"])
+    assert {a.dtype for a in _safetensors(out / "model.safetensors").values()} == {np.dtype("float32")}
