@@ -272,7 +272,8 @@ def _restore(run: Run, model) -> None:
     variables = model.optimizer.variables
     if sorted(store, key=int) != [str(i) for i in range(len(variables))]:
         raise ValueError(f"--resume: {path} holds {len(store)} optimizer variables, this optimizer has "
-                         f"{len(variables)} (another precision, --grad-accum or model?)")
+                         f"{len(variables)} (another precision or model? or a --grad-accum run of an earlier gpt2, "
+                         f"whose Keras optimizer kept gradient accumulators)")
     for i, var in enumerate(variables):
         if tuple(store[str(i)].shape) != tuple(var.shape):
             raise ValueError(f"--resume: {path}: optimizer variable {i} ({var.path}) has shape "
