@@ -29,9 +29,9 @@ gpt2/common/training.py's ``Run``; this file is what only JAX does:
   devices see the same rows per update, so the losses agree up to the order of floating-point sums.
 - **Checkpoints**: ``save_pretrained`` (flax_model.msgpack + config.json: loads in every framework) plus
   ``optimizer.msgpack`` (``flax.serialization`` of the optax state, which holds the update count the schedule
-  reads; with fp16, the loss scale too) inside the run folder's atomic ``checkpoint-<step>/``. ``resume=True`` loads the newest: the weights from
-  its save_pretrained files (float32, exact), the optimizer state, and the step; the data of every update is a
-  function of its number (common/data.py).
+  reads; with fp16, the loss scale too) inside the run folder's atomic ``checkpoint-<step>/``. ``resume=True``
+  loads the newest: the weights from its save_pretrained files (float32, exact), the optimizer state, and the step;
+  the data of every update is a function of its number (common/data.py).
 
 Multi-process JAX (``jax.distributed``, several hosts) is not offered: one process drives its local devices.
 

@@ -5,9 +5,9 @@ metrics, the loss plot, refusals) lives in ``gpt2/common/training.py`` and ``gpt
 the PyTorch half: the model (GPT-2's own init for a new one, ``from_pretrained`` to fine-tune or resume), trained
 in row-major parameter order, fused ``torch.optim.AdamW`` with two parameter groups, ``LambdaLR`` over the common
 schedule, gradient accumulation (micro-batch losses / grad_accum summed by backward), ``clip_grad_norm_``, mixed
-precision (bf16 autocast on CPU and GPU; fp16 autocast + ``torch.amp.GradScaler`` on CUDA, ``FP16_DEVICES``), and data
-parallelism through ``torchrun``: DistributedDataParallel (default) or FSDP2 (``fully_shard``), every rank reading
-its own rows of the global batch.
+precision (bf16 autocast on CPU and GPU; fp16 autocast + ``torch.amp.GradScaler`` on ``FP16_DEVICES``: CUDA), and
+data parallelism through ``torchrun``: DistributedDataParallel (default) or FSDP2 (``fully_shard``), every rank
+reading its own rows of the global batch.
 
 >>> from gpt2.torch.train import train
 >>> summary = train(framework="torch", data="corpus.txt", config="gpt2", out="run1", steps=1000, batch_size=8)
