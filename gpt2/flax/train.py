@@ -12,9 +12,9 @@ gpt2/common/training.py's ``Run``; this file is what only JAX does:
   host callback makes the step uncacheable): the ids are checked once, on the host, against the vocabulary
   (``TokenFile.check_vocab`` in ``Run``).
 - **The step**: one ``jax.jit`` function of (params, optimizer state, the update's micro-batches, the update's
-  number). Gradient accumulation is a ``lax.scan`` over the ``grad_accum`` micro-batches, gradients and losses
-  averaged (every row holds ``block_size`` tokens, so this is the mean over the whole update's tokens), then one
-  optimizer update. Params and optimizer state are donated.
+  number). Gradient accumulation is a ``lax.scan`` over the ``grad_accum`` micro-batches (one: no scan and no
+  zero-filled accumulators), gradients and losses averaged (every row holds ``block_size`` tokens, so this is the
+  mean over the whole update's tokens), then one optimizer update. Params and optimizer state are donated.
 - **Random numbers**: dropout's key of micro-batch ``m`` of update ``s`` is ``fold_in(fold_in(key(seed), s), m)``:
   a pure function of the update's number, so a resumed run draws the very masks of an uninterrupted one. The
   checkpoint records the rule and the seed (trainer_state.json's ``rng``); nothing else needs saving.
@@ -279,7 +279,10 @@ def _train_step(model, tx: optax.GradientTransformation, *, seed: int, loss_scal
 
         zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
         n = micro.shape[0]
-        (loss, grads), _ = jax.lax.scan(one, zero, (jnp.arange(n), micro))
+        if n == 1:  # no accumulators to fill and add to (the same numbers: 0 + g is g)
+            (loss, grads), _ = one(zero, (jnp.asarray(0), micro[0]))
+        else:
+            (loss, grads), _ = jax.lax.scan(one, zero, (jnp.arange(n), micro))
         divisor = n if scale is None else n * scale
         loss, grads = loss / n, jax.tree.map(lambda g: g / divisor, grads)
         updates, new_state = tx.update(grads, opt_state, params)

@@ -237,3 +237,31 @@ def test_the_loss_scale_rule():
     assert float(floor["scale"]) == 1.0
     kept = _LossScale.next({"scale": jnp.asarray(8.0), "good": jnp.asarray(3)}, jnp.asarray(True))
     assert float(kept["scale"]) == 8.0 and int(kept["good"]) == 4
+
+
+def test_one_micro_batch_and_two_halves_make_the_same_update():
+    """_train_step on (1, 4, T) (no scan) and on (2, 2, T) (the scan over two micro-batches): the same mean loss and
+    the same updated weights (no dropout), within float32 rounding."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from gpt2.common.config import GPT2Config
+    from gpt2.flax import FlaxGPT2LMHeadModel
+    from gpt2.flax.train import _train_step
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=64, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    model = FlaxGPT2LMHeadModel(config, seed=0)
+    tx = optax.sgd(0.5)  # linear in the gradients (AdamW's first step turns rounding-sized ones into lr-sized steps)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 64, size=(4, 16)), jnp.int32)
+    results = []
+    for micro in (ids[None], ids.reshape(2, 2, 16)):
+        params = jax.tree.map(jnp.copy, model.params)
+        step = _train_step(model, tx, seed=0)
+        params, _, loss = step(params, jax.jit(tx.init)(params), micro, jnp.asarray(0, jnp.int32))
+        results.append((float(loss), params))
+    (loss_one, one), (loss_two, two) = results
+    assert abs(loss_one - loss_two) < 1e-6
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
