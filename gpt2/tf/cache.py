@@ -193,8 +193,14 @@ def _write(buffer: tf.Tensor, new: tf.Tensor, position) -> tf.Tensor:
     new = tf.cast(new, buffer.dtype)
     position = tf.convert_to_tensor(position)
     if position.shape.rank == 0:  # T slots from a start: XLA's dynamic update slice (cheaper to trace and compile)
-        zero = tf.zeros((), tf.int32)
-        return xla.dynamic_update_slice(buffer, new, tf.stack([zero, zero, tf.cast(position, tf.int32), zero]))
+        zero, position = tf.zeros((), tf.int32), tf.cast(position, tf.int32)
+        if buffer.shape[0] == 1 and buffer.shape[1:].is_fully_defined() and new.shape[1:].is_fully_defined():
+            # one row: the update on (nh, L, hs). On the 4-D buffer, XLA drops the size-1 dimension itself and then
+            # copies the whole buffer twice per decoding step (the loop keeps it 3-D too: generation.Decoder)
+            flat = xla.dynamic_update_slice(tf.reshape(buffer, buffer.shape[1:]), tf.reshape(new, new.shape[1:]),
+                                            tf.stack([zero, position, zero]))
+            return tf.reshape(flat, buffer.shape)
+        return xla.dynamic_update_slice(buffer, new, tf.stack([zero, zero, position, zero]))
     shape = tf.shape(new)
     B, H, T = shape[0], shape[1], shape[2]
     position = tf.cast(position, tf.int32)

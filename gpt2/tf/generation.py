@@ -147,12 +147,25 @@ class Decoder:
         self.cache.reorder_cache(rows)
 
     def _state(self) -> tuple:
-        """What changes between steps, as loop variables."""
-        return tuple(self.cache.keys), tuple(self.cache.values), self.held, self.next_position
+        """What changes between steps, as loop variables. A one-row cache is kept as (nh, L, hs) buffers: with the
+        size-1 batch dimension in the loop's state, XLA copies every buffer twice per step (cache.py ``_write``)."""
+        return (tuple(_squeezed(k) for k in self.cache.keys), tuple(_squeezed(v) for v in self.cache.values),
+                self.held, self.next_position)
 
     def _load(self, state: tuple) -> None:
         keys, values, self.held, self.next_position = state
-        self.cache = KVCache(list(keys), list(values), static=True)
+        self.cache = KVCache([_unsqueezed(k) for k in keys], [_unsqueezed(v) for v in values], static=True)
+
+
+def _squeezed(buffer: tf.Tensor) -> tf.Tensor:
+    """A (1, nh, L, hs) cache buffer as (nh, L, hs); any other as it is."""
+    if buffer.shape.rank == 4 and buffer.shape[0] == 1 and buffer.shape[1:].is_fully_defined():
+        return tf.reshape(buffer, buffer.shape[1:])
+    return buffer
+
+
+def _unsqueezed(buffer: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(buffer, [1, *buffer.shape]) if buffer.shape.rank == 3 else buffer
 
 
 def prefill(model, ids, mask, embeds=None, types=None) -> dict:
@@ -414,8 +427,8 @@ def _sample(decoder: Decoder, running: dict, *, static: Static, shift, max_lengt
     B, C = running["ids"].shape
     prompt = int(decoder.prompt_positions.shape[1])
 
-    def body(cur, ids, unfinished, logits, scores_rec, logits_rec, state):
-        decoder._load(state)
+    def choose(cur, ids, unfinished, logits, scores_rec, logits_rec):
+        """The token of slot ``cur`` from ``logits``: processors, records, the pick, the stop criteria."""
         seen = tf.roll(ids, -shift, axis=1)  # the ids from the prompt's first slot on: what torch's processors read
         next_scores = run_processors(processors, seen, cur - shift, logits)
         if static.record_scores:
@@ -432,18 +445,26 @@ def _sample(decoder: Decoder, running: dict, *, static: Static, shift, max_lengt
         ids = tf.where(tf.range(C)[None, :] == cur, next_tokens[:, None], ids)
         cur = cur + 1
         unfinished = unfinished & ~stop(ids, cur)
-        more = (cur < max_length) & tf.reduce_any(unfinished)
-        kept = decoder._state()
+        return cur, ids, unfinished, scores_rec, logits_rec, next_tokens
 
-        def step():
-            out = decoder(next_tokens[:, None])
-            return out, decoder._state()
+    def body(cur, ids, unfinished, logits, scores_rec, logits_rec, state):
+        # a token, then the forward for the next one, always: no tf.cond around the step, whose operands XLA copies
+        # whole (every cache buffer, every step). The loop stops before the last slot's token, which is chosen
+        # after it without a forward; only rows that all finish early leave one forward unused.
+        decoder._load(state)
+        cur, ids, unfinished, scores_rec, logits_rec, next_tokens = choose(cur, ids, unfinished, logits, scores_rec,
+                                                                           logits_rec)
+        logits = decoder(next_tokens[:, None])
+        return cur, ids, unfinished, logits, scores_rec, logits_rec, decoder._state()
 
-        logits, state = tf.cond(more, step, lambda: (logits, kept))
-        return cur, ids, unfinished, logits, scores_rec, logits_rec, state
-
-    def more(cur, ids, unfinished, *rest):
-        return (cur < tf.minimum(max_length, until)) & tf.reduce_any(unfinished)
+    def more(cur, ids, unfinished, *rest):  # the token of slot cur needs a forward after it
+        return (cur < tf.minimum(max_length - 1, until)) & tf.reduce_any(unfinished)
 
     out = tf.while_loop(more, body, tuple(running[k] for k in RUNNING), maximum_iterations=C - prompt)
+    cur, ids, unfinished, logits, scores_rec, logits_rec, state = out
+    last = (cur < tf.minimum(max_length, until)) & tf.reduce_any(unfinished)  # the last slot's token, if due
+    chosen = choose(cur, ids, unfinished, logits, scores_rec, logits_rec)[:5]
+    cur, ids, unfinished, scores_rec, logits_rec = (tf.where(last, new, old) for new, old in
+                                                   zip(chosen, (cur, ids, unfinished, scores_rec, logits_rec)))
+    out = (cur, ids, unfinished, logits, scores_rec, logits_rec, state)
     return dict(zip(RUNNING, out))
