@@ -199,6 +199,12 @@ def _write(buffer: jax.Array, new: jax.Array, position) -> jax.Array:
     new = new.astype(buffer.dtype)
     position = jnp.asarray(position)
     if position.ndim == 0:
-        zero = jnp.zeros((), jnp.int32)
-        return jax.lax.dynamic_update_slice(buffer, new, (zero, zero, position.astype(jnp.int32), zero))
+        zero, position = jnp.zeros((), jnp.int32), position.astype(jnp.int32)
+        if buffer.shape[0] == 1:
+            # one row: the update on (nh, L, hs). On the 4-D buffer, XLA drops the size-1 dimension itself and then
+            # copies the whole buffer twice per decoding step (the loop keeps it 3-D too: generation.Decoder)
+            flat = jax.lax.dynamic_update_slice(buffer.reshape(buffer.shape[1:]), new.reshape(new.shape[1:]),
+                                                (zero, position, zero))
+            return flat.reshape(buffer.shape)
+        return jax.lax.dynamic_update_slice(buffer, new, (zero, zero, position, zero))
     return buffer.at[:, :, position.astype(jnp.int32)].set(new)

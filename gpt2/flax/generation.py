@@ -157,15 +157,28 @@ class Decoder:
         self.cache.reorder_cache(rows)
 
     def _state(self) -> tuple:
-        """What changes between steps, as loop variables: cache keys, values, slots held, next positions."""
+        """What changes between steps, as loop variables: cache keys, values, slots held, next positions. A one-row
+        cache on one device is kept as (nh, L, hs) buffers: with the size-1 batch dimension in the loop's state, XLA
+        copies every buffer twice per step (cache.py ``_write``)."""
         keys, values = tuple(self.cache.keys), tuple(self.cache.values)
         if self.mesh is not None:
             keys, values = shard_cache((keys, values), self.mesh)
+        else:
+            keys, values = tuple(_squeezed(k) for k in keys), tuple(_squeezed(v) for v in values)
         return keys, values, self.held, self.next_position
 
     def _load(self, state: tuple) -> None:
         keys, values, self.held, self.next_position = state
-        self.cache = KVCache(list(keys), list(values), static=True)
+        self.cache = KVCache([_unsqueezed(k) for k in keys], [_unsqueezed(v) for v in values], static=True)
+
+
+def _squeezed(buffer: jax.Array) -> jax.Array:
+    """A (1, nh, L, hs) cache buffer as (nh, L, hs); any other as it is."""
+    return buffer.reshape(buffer.shape[1:]) if buffer.ndim == 4 and buffer.shape[0] == 1 else buffer
+
+
+def _unsqueezed(buffer: jax.Array) -> jax.Array:
+    return buffer.reshape((1, *buffer.shape)) if buffer.ndim == 3 else buffer
 
 
 def prefill(model, ids, mask, capacity: int, embeds=None, types=None, mesh=None) -> tuple[jax.Array, tuple]:
@@ -423,8 +436,8 @@ def _sample(decoder: Decoder, running: _Running, *, static: Static, start, end, 
     from ``running`` until slot ``until`` (or ``end``, or every row finished)."""
     prompt = decoder.prompt_positions.shape[1]
 
-    def body(r: _Running) -> _Running:
-        decoder._load(r.state)
+    def choose(r: _Running) -> tuple[_Running, jax.Array]:
+        """The token of slot ``r.cur`` from ``r.next_logits``: processors, records, the pick, the stop criteria."""
         seen = jnp.roll(r.ids, -start, axis=1)  # the ids from the prompt's first slot on: what torch's processors read
         next_scores = run_processors(processors, seen, r.cur - start, r.next_logits)
         scores_rec = record_step(r.scores, r.cur - prompt, next_scores) if static.record_scores else r.scores
@@ -438,20 +451,22 @@ def _sample(decoder: Decoder, running: _Running, *, static: Static, start, end, 
         ids = jax.lax.dynamic_update_slice_in_dim(r.ids, next_tokens[:, None], r.cur, axis=1)
         cur = r.cur + 1
         unfinished = r.unfinished & ~stop(ids, cur)
-        more = (cur < end) & jnp.any(unfinished)
-        kept = decoder._state()
+        return r._replace(cur=cur, ids=ids, unfinished=unfinished, scores=scores_rec, logits=logits_rec), next_tokens
 
-        def step(_):
-            return decoder(next_tokens[:, None]), decoder._state()
+    def body(r: _Running) -> _Running:
+        # a token, then the forward for the next one, always: no lax.cond around the step, whose operands XLA copies
+        # whole (every cache buffer, every step). The loop stops before the last slot's token, which is chosen
+        # after it without a forward; only rows that all finish early leave one forward unused.
+        decoder._load(r.state)
+        r, next_tokens = choose(r)
+        logits = decoder(next_tokens[:, None])
+        decoder.last_output = None
+        return r._replace(next_logits=logits, state=decoder._state())
 
-        def skip(_):
-            return r.next_logits, kept
+    def more(r: _Running):  # the token of slot r.cur needs a forward after it
+        return (r.cur < jnp.minimum(end - 1, until)) & jnp.any(r.unfinished)
 
-        logits, state = jax.lax.cond(more, step, skip, None)
-        decoder.last_output = None  # the branch's values stay in the branch
-        return _Running(cur, ids, unfinished, logits, scores_rec, logits_rec, state)
-
-    def more(r: _Running):
-        return (r.cur < jnp.minimum(end, until)) & jnp.any(r.unfinished)
-
-    return jax.lax.while_loop(more, body, running)
+    r = jax.lax.while_loop(more, body, running)
+    last = (r.cur < jnp.minimum(end, until)) & jnp.any(r.unfinished)  # the last slot's token, if due
+    chosen = choose(r)[0]
+    return jax.tree.map(lambda new, old: jnp.where(last, new, old), chosen, r)
