@@ -469,4 +469,5 @@ def _sample(decoder: Decoder, running: _Running, *, static: Static, start, end, 
     r = jax.lax.while_loop(more, body, running)
     last = (r.cur < jnp.minimum(end, until)) & jnp.any(r.unfinished)  # the last slot's token, if due
     chosen = choose(r)[0]
-    return jax.tree.map(lambda new, old: jnp.where(last, new, old), chosen, r)
+    return r._replace(**{name: jnp.where(last, getattr(chosen, name), getattr(r, name))
+                         for name in ("cur", "ids", "unfinished", "scores", "logits")})

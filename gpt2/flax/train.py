@@ -12,9 +12,10 @@ gpt2/common/training.py's ``Run``; this file is what only JAX does:
   host callback makes the step uncacheable): the ids are checked once, on the host, against the vocabulary
   (``TokenFile.check_vocab`` in ``Run``).
 - **The step**: one ``jax.jit`` function of (params, optimizer state, the update's micro-batches, the update's
-  number). Gradient accumulation is a ``lax.scan`` over the ``grad_accum`` micro-batches (one: no scan and no
-  zero-filled accumulators), gradients and losses averaged (every row holds ``block_size`` tokens, so this is the
-  mean over the whole update's tokens), then one optimizer update. Params and optimizer state are donated.
+  number). Gradient accumulation is a ``lax.scan`` over the ``grad_accum`` micro-batches after the first, whose
+  gradients start the sums (no zero-filled accumulators), gradients and losses averaged (every row holds
+  ``block_size`` tokens, so this is the mean over the whole update's tokens), then one optimizer update. Params
+  and optimizer state are donated.
 - **Random numbers**: dropout's key of micro-batch ``m`` of update ``s`` is ``fold_in(fold_in(key(seed), s), m)``:
   a pure function of the update's number, so a resumed run draws the very masks of an uninterrupted one. The
   checkpoint records the rule and the seed (trainer_state.json's ``rng``); nothing else needs saving.
@@ -265,9 +266,7 @@ def _train_step(model, tx: optax.GradientTransformation, *, seed: int, loss_scal
         else:
             scale = None
 
-        def one(total, xs):
-            index, ids = xs
-
+        def gradients(index, ids):
             def loss_fn(p):
                 logits = model(ids, params=p, dropout_rng=jax.random.fold_in(key, index), train=True,
                                use_cache=False).logits
@@ -275,14 +274,16 @@ def _train_step(model, tx: optax.GradientTransformation, *, seed: int, loss_scal
                 return (loss if scale is None else loss * scale), loss
 
             (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            return jax.tree.map(jnp.add, total, (loss, grads)), None
+            return loss, grads
 
-        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        def one(total, xs):
+            return jax.tree.map(jnp.add, total, gradients(*xs)), None
+
+        # the first micro-batch's gradients start the sums (no zero-filled accumulators), the others are added
         n = micro.shape[0]
-        if n == 1:  # no accumulators to fill and add to (the same numbers: 0 + g is g)
-            (loss, grads), _ = one(zero, (jnp.asarray(0), micro[0]))
-        else:
-            (loss, grads), _ = jax.lax.scan(one, zero, (jnp.arange(n), micro))
+        loss, grads = gradients(jnp.asarray(0), micro[0])
+        if n > 1:
+            (loss, grads), _ = jax.lax.scan(one, (loss, grads), (jnp.arange(1, n), micro[1:]))
         divisor = n if scale is None else n * scale
         loss, grads = loss / n, jax.tree.map(lambda g: g / divisor, grads)
         updates, new_state = tx.update(grads, opt_state, params)

@@ -240,8 +240,8 @@ def test_the_loss_scale_rule():
 
 
 def test_one_micro_batch_and_two_halves_make_the_same_update():
-    """_train_step on (1, 4, T) (no scan) and on (2, 2, T) (the scan over two micro-batches): the same mean loss and
-    the same updated weights (no dropout), within float32 rounding."""
+    """_train_step on (1, 4, T) (no scan) and on (2, 2, T) (the scan adds the second micro-batch): the same mean
+    loss and the same updated weights (no dropout), within float32 rounding."""
     import jax
     import jax.numpy as jnp
     import optax
