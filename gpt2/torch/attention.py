@@ -80,6 +80,107 @@ class OneThread:
             torch.set_num_threads(self.threads)
 
 
+# Dropout on the CPU keeps an element unless a 15-bit random integer falls below round(p * 2^15): four such integers
+# come from each 64-bit word of torch's generator (``random_`` on int64 draws 63 uniform bits). torch's own CPU
+# dropout draws one Bernoulli variate per element: 30 ms for gpt2's attention probabilities of one layer at batch
+# 4 x 256 (3.1M elements, 2 threads), where the words, the comparison and the masking take ~9 ms; over an update
+# of gpt2 (124M) that is ~0.3 s of ~5.3 (benchmarks/RESULTS.md, issue 13). p is used where a multiple of 2^-15 is
+# within 0.1% of it (any p >= 0.016, and 0.01): elsewhere, and off the CPU, torch's dropout runs.
+DROP_BITS = 15
+
+
+def transformed() -> bool:
+    """Whether a torch.func transform or a forward-mode AD level is active: the model's own fast paths (oneDNN
+    training products, CPU dropout) have no rule for either, so torch's ops run there."""
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(functorch is not None and functorch()) or torch.autograd.forward_ad._current_level >= 0
+
+
+def _drop_threshold(x: torch.Tensor, p: float) -> int | None:
+    """The 15-bit threshold ``train_dropout`` uses for ``x`` and ``p``, or None where torch's dropout runs."""
+    one = 1 << DROP_BITS
+    threshold = round(p * one)
+    if (x.device.type != "cpu" or not 0 < threshold < one or abs(threshold - p * one) > 1e-3 * p * one
+            or torch.compiler.is_compiling() or transformed()):
+        return None
+    return threshold
+
+
+def _drops(x: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Where ``train_dropout`` zeroes ``x``: a bool tensor of x's shape, from torch's default CPU generator."""
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each, uniform
+    return ((words.view(torch.int16)[:n] & ((1 << DROP_BITS) - 1)) < threshold).view(x.shape)
+
+
+def train_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``F.dropout(x, p, training=True)``: each element zeroed with probability p, the others scaled by 1 / (1 -
+    p). On the CPU the drop decisions come from 15-bit random integers (see DROP_BITS), with the scale of the
+    probability actually used, so that the mean is kept exactly; the same seed gives the same decisions."""
+    threshold = _drop_threshold(x, p)
+    if threshold is None:
+        return F.dropout(x, p=p, training=True)
+    one = 1 << DROP_BITS
+    return x.masked_fill(_drops(x, threshold), 0) * (one / (one - threshold))
+
+
+class _CausalDropoutAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + causal mask), dropout (``train_dropout``'s decisions), times v: the attention of a
+    training step on the CPU in fp32 (``train_attention``), with fewer passes over the (B * nh, T, T) scores than
+    autograd's graph of the same ops: the causal mask and the scale go into the product (baddbmm), dropout's scale
+    into the (T, hs) output, and backward masks the probabilities' gradient in place. gpt2's attention at batch 4 x
+    256 took ~0.7x the time of that graph, forward and backward (benchmarks/RESULTS.md, issue 13). Backward is
+    built from differentiable ops, so double backward works."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, threshold: int):
+        B, nh, T, hs = q.shape
+        q3, k3, v3 = (t.reshape(B * nh, T, hs) for t in (q, k, v))  # (B*nh, T, hs)
+        probs = _causal_probs(q3, k3, scale)  # (B*nh, T, T)
+        drops = _drops(probs, threshold)
+        kept = probs.masked_fill(drops, 0)
+        keep_scale = (1 << DROP_BITS) / ((1 << DROP_BITS) - threshold)
+        ctx.save_for_backward(q, k, v, q3, k3, v3, probs, kept, drops)
+        ctx.scale, ctx.keep_scale = scale, keep_scale
+        return torch.bmm(kept, v3).mul_(keep_scale).view(B, nh, T, hs)  # (B, nh, T, hs)
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, q3, k3, v3, probs, kept, drops = ctx.saved_tensors
+        B, nh, T, hs = dy.shape
+        if torch.is_grad_enabled():  # create_graph: what q, k, v made, again from them, so that it carries a graph
+            q3, k3, v3 = (t.reshape(B * nh, T, hs) for t in (q, k, v))
+            probs = _causal_probs(q3, k3, ctx.scale)
+            kept = probs.masked_fill(drops, 0)
+        dy3 = dy.reshape(B * nh, T, hs) * ctx.keep_scale
+        dv = torch.bmm(kept.transpose(1, 2), dy3)
+        dprobs = torch.bmm(dy3, v3.transpose(1, 2)).masked_fill_(drops, 0)
+        dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype)
+        dq = torch.bmm(dscores, k3).mul_(ctx.scale)
+        dk = torch.bmm(dscores.transpose(1, 2), q3).mul_(ctx.scale)
+        return dq.view(B, nh, T, hs), dk.view(B, nh, T, hs), dv.view(B, nh, T, hs), None, None
+
+
+def _causal_probs(q3: torch.Tensor, k3: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + causal mask) of (B * nh, T, hs) queries and keys, the mask and the scale inside the
+    product (baddbmm)."""
+    T = q3.shape[1]
+    causal = torch.full((T, T), mask_value(q3.dtype), dtype=q3.dtype).triu_(1)  # (T, T)
+    return torch.softmax(torch.baddbmm(causal, q3, k3.transpose(1, 2), alpha=scale), -1)  # (B*nh, T, T)
+
+
+def train_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, head_mask) -> torch.Tensor | None:
+    """The attention output through ``_CausalDropoutAttention`` where it applies (a causal self-attention without
+    mask or head mask, with dropout, fp32 on the CPU without autocast, the grad mode on), else None."""
+    if (not is_causal or mask is not None or head_mask is not None or dropout <= 0 or q.dtype != torch.float32
+            or q.shape[-2] != k.shape[-2] or not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")):
+        return None
+    threshold = _drop_threshold(q, dropout)
+    if threshold is None:
+        return None
+    return _CausalDropoutAttention.apply(q, k, v, scale, threshold)
+
+
 def eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, head_mask, upcast: bool):
     """softmax(q k^T * scale + mask) v, explicitly; returns (y, probabilities). Shapes (B, nh, T|S, hs)."""
     with OneThread(q, k):
@@ -100,14 +201,23 @@ def _eager_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: f
     elif mask is not None:
         scores = scores + mask.to(scores.dtype)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    probs = F.dropout(probs, p=dropout) if dropout > 0 else probs
+    probs = train_dropout(probs, dropout) if dropout > 0 else probs
     if head_mask is not None:
         probs = probs * head_mask
     return torch.matmul(probs, v), probs
 
 
 def sdpa_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: float, upcast: bool):
-    """torch's scaled_dot_product_attention with GPT-2's scale; returns y (B, nh, T, hs)."""
+    """torch's scaled_dot_product_attention with GPT-2's scale; returns y (B, nh, T, hs). With dropout on the CPU
+    ``train_attention`` runs instead where it applies, else the explicit attention with ``train_dropout``: SDPA's
+    CPU kernel for dropout is that same math (its fused kernel takes no dropout), with torch's slower Bernoulli
+    draws."""
+    y = train_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout, head_mask=None)
+    if y is not None:
+        return y
+    if dropout > 0 and _drop_threshold(q, dropout) is not None:
+        return _eager_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout, head_mask=None,
+                                upcast=upcast)[0]
     dtype = v.dtype
     with OneThread(q, k):
         if upcast:  # fp32 whatever autocast would pick (as eager_attention): the model's mask is built in fp32

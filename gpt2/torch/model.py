@@ -20,7 +20,8 @@ from torch.nn.modules import module as _torch_module
 from torch.utils.checkpoint import checkpoint
 
 from ..common.outputs import BaseModelOutputWithPastAndCrossAttentions
-from .attention import eager_attention, flash_attention, mask_value, scores_dtype, sdpa_attention
+from .attention import (eager_attention, flash_attention, mask_value, scores_dtype, sdpa_attention,
+                        train_dropout, transformed)
 from .cache import KVCache
 from .pretrained import GPT2PreTrainedModel
 
@@ -52,9 +53,15 @@ def activation(name: str):
 
 
 def _dropout(layer: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` in training mode; in eval mode, where it returns ``x``, not called: three module calls per layer
-    and decoding step saved (~3 us each on the CPU; forward hooks on a Dropout in eval mode do not run)."""
-    return layer(x) if layer.training else x
+    """``layer(x)``: in training mode ``train_dropout`` (attention.py: faster on the CPU), or the layer's own call
+    when it has hooks or is not an exact nn.Dropout; in eval mode, where it returns ``x``, not called: three module
+    calls per layer and decoding step saved (~3 us each on the CPU; forward hooks on a Dropout in eval mode do not
+    run)."""
+    if not layer.training:
+        return x
+    if type(layer) is not nn.Dropout or layer.inplace or _hooked(layer):
+        return layer(x)
+    return train_dropout(x, layer.p) if layer.p > 0 else x
 
 
 def _in_out(layer: nn.Module) -> nn.Module:
@@ -114,13 +121,6 @@ _ONEDNN_LINEAR = _onednn_linear()
 # per call (~10 us) makes it slower than MKL below ~2^22 and about even at 2^23 (2 threads, forward and input
 # gradient, rows 64-1024 x C 64-768, benchmarks/RESULTS.md, issue 13); gpt2 (124M) at 1024 rows does 2^29-2^35.
 TRAINING_PRODUCT_MACS = 1 << 23
-
-
-def _transformed() -> bool:
-    """Whether a torch.func transform or a forward-mode AD level is active: ``_TrainingProduct`` has no rule for
-    either (no vmap batching, no jvp), so the layer's own call runs there."""
-    functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(functorch is not None and functorch()) or torch.autograd.forward_ad._current_level >= 0
 
 
 class _TrainingProduct(torch.autograd.Function):
@@ -183,7 +183,7 @@ def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return layer(x)
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
         if (_ONEDNN_LINEAR is None or not weight.is_contiguous() or x.numel() * weight.shape[0] < TRAINING_PRODUCT_MACS
-                or x.numel() == 0 or _transformed()):
+                or x.numel() == 0 or transformed()):
             return layer(x)
         return _TrainingProduct.apply(x, weight, layer.bias)
     C = x.shape[-1]
