@@ -121,7 +121,7 @@ def train_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     if threshold is None:
         return F.dropout(x, p=p, training=True)
     one = 1 << DROP_BITS
-    return x.masked_fill(_drops(x, threshold), 0) * (one / (one - threshold))
+    return (x * (one / (one - threshold))).masked_fill_(_drops(x, threshold), 0)
 
 
 class _CausalDropoutAttention(torch.autograd.Function):
@@ -138,7 +138,7 @@ class _CausalDropoutAttention(torch.autograd.Function):
         q3, k3, v3 = (t.reshape(B * nh, T, hs) for t in (q, k, v))  # (B*nh, T, hs)
         probs = _causal_probs(q3, k3, scale)  # (B*nh, T, T)
         drops = _drops(probs, threshold)
-        kept = probs.masked_fill(drops, 0)
+        kept = torch.where(drops, 0.0, probs)  # one pass (masked_fill copies, then fills)
         keep_scale = (1 << DROP_BITS) / ((1 << DROP_BITS) - threshold)
         ctx.save_for_backward(q, k, v, q3, k3, v3, probs, kept, drops)
         ctx.scale, ctx.keep_scale = scale, keep_scale
@@ -151,7 +151,7 @@ class _CausalDropoutAttention(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: what q, k, v made, again from them, so that it carries a graph
             q3, k3, v3 = (t.reshape(B * nh, T, hs) for t in (q, k, v))
             probs = _causal_probs(q3, k3, ctx.scale)
-            kept = probs.masked_fill(drops, 0)
+            kept = torch.where(drops, 0.0, probs)
         dy3 = dy.reshape(B * nh, T, hs) * ctx.keep_scale
         dv = torch.bmm(kept.transpose(1, 2), dy3)
         dprobs = torch.bmm(dy3, v3.transpose(1, 2)).masked_fill_(drops, 0)

@@ -79,6 +79,10 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         (grad,) = ctx.saved_tensors
+        if grad.device.type == "cpu" and not torch.is_grad_enabled() and grad_loss.item() == 1.0:
+            # loss.backward(): the gradient as it is, not a (N, V) pass to multiply it by one (gpt2 train at batch
+            # 4 x 256: 55 ms of a ~5 s update). autograd never writes into a gradient still held by a saved tensor.
+            return grad, None
         return grad * grad_loss, None
 
 

@@ -49,6 +49,22 @@ def test_causal_lm_loss_and_gradient_equal_cross_entropy(shape, dtype):
                                else 1e-2 * want.abs().max().item())
 
 
+def test_causal_lm_loss_gradient_of_one_is_handed_on_unscaled_and_stays_intact():
+    """loss.backward() hands the saved gradient on as it is (no pass to multiply it by one): a retained graph run
+    twice, and the logits used by a second term too, still give the right sums."""
+    logits = torch.randn(2, 6, 13, requires_grad=True)
+    labels = torch.randint(0, 13, (2, 6))
+    (want,) = torch.autograd.grad(reference_loss(logits, labels), logits)
+    loss = causal_lm_loss(logits, labels)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(logits.grad, want)
+    loss.backward()
+    torch.testing.assert_close(logits.grad, 2 * want)
+    logits.grad = None
+    (causal_lm_loss(logits, labels) + 0.5 * logits.sum()).backward()
+    torch.testing.assert_close(logits.grad, want + 0.5)
+
+
 def test_causal_lm_loss_ignores_rows_refuses_bad_labels_and_needs_no_grad():
     logits = torch.randn(2, 5, 11, requires_grad=True)
     ignored = torch.full((2, 5), -100)
