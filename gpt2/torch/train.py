@@ -257,6 +257,7 @@ def _train(args: training.TrainArgs, mode: str) -> dict:
     rank = dist.get_rank() if dist.is_initialized() else 0
     device = _device()
     autocast = _autocast(args.precision, device)  # refuses fp16 on CPU before any work
+    training.keep_freed_memory()
     run = training.Run(args, rank=rank, world=world, barrier=dist.barrier if world > 1 else None)
     model = _wrap(_build_model(run, device), mode, device, world)
     optimizer = _optimizer(model, args, device)
