@@ -8,6 +8,10 @@ a fully masked row (a left-padding query) then softmaxes to a uniform row instea
 On the CPU a decoding step's attention (one query per row over a short cache) runs on one thread (``OneThread``):
 its work is microseconds, less than waking a second thread costs, and a thread left spinning after it takes a core
 from whatever else runs on the machine, while the step's products of one row run on one thread anyway.
+
+Training on the CPU has its own dropout (``train_dropout``: decisions from 15-bit random integers, ~3x faster than
+torch's per-element Bernoulli draws) and, for a causal self-attention with dropout in fp32, a fused kernel
+(``train_attention``) in place of SDPA's CPU math path.
 """
 
 from __future__ import annotations
