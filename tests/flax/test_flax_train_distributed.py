@@ -1,6 +1,6 @@
 """gpt2/flax/train.py on a Mesh of 4 host CPU devices: the batch split over "data" (4x1) gives one device's losses
-within 1e-5 (dropout and gradient accumulation on); a batch that does not divide over the data axis is refused by
-name. (A "model" axis runs the same step -- a 2x2 mesh passed too -- but a third compiled run would take this file
+within 1e-5 (dropout and gradient accumulation on), and with --precision fp16 one device's fp16 losses; a batch
+that does not divide over the data axis is refused by name. (A "model" axis runs the same step -- a 2x2 mesh passed too -- but a third compiled run would take this file
 past its time budget on a 2-core machine; tests/flax/test_flax_sharding.py checks the 2x2 gradients.)
 
 JAX makes several CPU devices only from ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` read when it starts,
@@ -46,6 +46,11 @@ SCRIPT = textwrap.dedent(r'''
     for name, mesh in meshes.items():
         summary = train(out=str(work / name), mesh=mesh, **options)
         result[name] = {"losses": summary["losses"], "eval_loss": summary["eval_loss"]}
+    import gpt2.flax.train as trainer
+    trainer.FP16_BACKENDS = frozenset({"gpu", "cpu"})  # fp16's mechanics on the CPU (offered on GPUs only)
+    for name, mesh in meshes.items():
+        summary = train(out=str(work / ("fp16-" + name)), mesh=mesh, **{**options, "precision": "fp16"})
+        result["fp16-" + name] = {"losses": summary["losses"], "eval_loss": summary["eval_loss"]}
     try:
         train(out=str(work / "odd"), mesh=meshes["4x1"], **{**options, "batch_size": 6})
         result["odd"] = "trained"
@@ -76,6 +81,17 @@ def test_a_data_parallel_mesh_reaches_the_single_device_losses(runs):
         assert abs(many["losses"][step] - loss) < 1e-5, (mesh, step, many["losses"][step], loss)
     assert abs(many["eval_loss"] - one["eval_loss"]) < 1e-5
     assert one["losses"]["4"] < one["losses"]["1"]
+
+
+def test_fp16_loss_scaling_on_a_data_parallel_mesh_follows_one_device(runs):
+    """--precision fp16 (float16 compute, the dynamic loss scale beside the optax state) on the 4x1 mesh: the
+    finiteness check and the scale are one computation over the global gradients, so the mesh follows one device's
+    fp16 losses, and both follow fp32."""
+    one, many = runs["fp16-1"], runs["fp16-4x1"]
+    for step, loss in one["losses"].items():
+        assert abs(many["losses"][step] - loss) < 2e-4, (step, many["losses"][step], loss)
+        assert abs(loss - runs["1"]["losses"][step]) < 2e-3, (step, loss, runs["1"]["losses"][step])
+    assert abs(many["eval_loss"] - one["eval_loss"]) < 2e-4
 
 
 def test_a_batch_that_does_not_divide_over_the_data_axis_is_refused(runs):
