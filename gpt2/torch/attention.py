@@ -216,12 +216,13 @@ def sdpa_attention(q, k, v, *, mask, is_causal: bool, scale: float, dropout: flo
     ``train_attention`` runs instead where it applies, else the explicit attention with ``train_dropout``: SDPA's
     CPU kernel for dropout is that same math (its fused kernel takes no dropout), with torch's slower Bernoulli
     draws."""
-    y = train_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout, head_mask=None)
-    if y is not None:
-        return y
-    if dropout > 0 and _drop_threshold(q, dropout) is not None:
-        return _eager_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout, head_mask=None,
-                                upcast=upcast)[0]
+    if dropout > 0:  # training: never on a decoding step's path
+        y = train_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout, head_mask=None)
+        if y is not None:
+            return y
+        if _drop_threshold(q, dropout) is not None:
+            return _eager_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale, dropout=dropout,
+                                    head_mask=None, upcast=upcast)[0]
     dtype = v.dtype
     with OneThread(q, k):
         if upcast:  # fp32 whatever autocast would pick (as eager_attention): the model's mask is built in fp32
