@@ -117,6 +117,11 @@ def _drops(x: torch.Tensor, threshold: int) -> torch.Tensor:
     return ((words.view(torch.int16)[:n] & ((1 << DROP_BITS) - 1)) < threshold).view(x.shape)
 
 
+def _keep_scale(threshold: int) -> float:
+    """1 / (1 - p) for the probability a 15-bit ``threshold`` drops with: the kept values' scale."""
+    return (1 << DROP_BITS) / ((1 << DROP_BITS) - threshold)
+
+
 def train_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """``F.dropout(x, p, training=True)``: each element zeroed with probability p, the others scaled by 1 / (1 -
     p). On the CPU the drop decisions come from 15-bit random integers (see DROP_BITS), with the scale of the
@@ -124,8 +129,7 @@ def train_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     threshold = _drop_threshold(x, p)
     if threshold is None:
         return F.dropout(x, p=p, training=True)
-    one = 1 << DROP_BITS
-    return (x * (one / (one - threshold))).masked_fill_(_drops(x, threshold), 0)
+    return (x * _keep_scale(threshold)).masked_fill_(_drops(x, threshold), 0)
 
 
 class _CausalDropoutAttention(torch.autograd.Function):
@@ -143,7 +147,7 @@ class _CausalDropoutAttention(torch.autograd.Function):
         probs = _causal_probs(q3, k3, scale)  # (B*nh, T, T)
         drops = _drops(probs, threshold)
         kept = torch.where(drops, 0.0, probs)  # one pass (masked_fill copies, then fills)
-        keep_scale = (1 << DROP_BITS) / ((1 << DROP_BITS) - threshold)
+        keep_scale = _keep_scale(threshold)
         ctx.save_for_backward(q, k, v, q3, k3, v3, probs, kept, drops)
         ctx.scale, ctx.keep_scale = scale, keep_scale
         return torch.bmm(kept, v3).mul_(keep_scale).view(B, nh, T, hs)  # (B, nh, T, hs)
